@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""voting_det: interpretable primitive-voting localization of small anatomical
+structures, as a detectron2 extension.
+
+detectron2 itself is deliberately NOT listed in install_requires: it is not on
+PyPI under its own name. `make demo` / `make test` (tools/install.sh) keep an
+importable official detectron2 and otherwise install a registry repackaging.
+"""
+from setuptools import find_packages, setup
+
+
+def get_version():
+    with open("voting_det/__init__.py") as f:
+        for line in f:
+            if line.startswith("__version__"):
+                return line.split("=")[1].strip().strip('"')
+    raise RuntimeError("voting_det/__init__.py has no __version__")
+
+
+setup(
+    name="voting_det",
+    version=get_version(),
+    author="voting_det developers",
+    description=(
+        "Interpretable multi-scale primitive voting for structure localization "
+        "in medical images (nuchal translucency), built on detectron2"
+    ),
+    license="Apache-2.0",
+    python_requires=">=3.8",
+    packages=find_packages(exclude=("configs", "tests", "tests.*")),
+    install_requires=[
+        "torch>=1.13",
+        "torchvision",
+        "numpy<2",
+        "scipy",
+        "pillow",
+        "opencv-python-headless<4.12",
+        "openpyxl",
+        "pycocotools",
+        "fvcore",
+        "iopath",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest", "hypothesis", "scikit-learn"]},
+)

@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Train and evaluate voting_det models and detectron2's built-in detectors on
+the NT data sets, in detectron2's standard form.
+
+    python tools/train_net.py --config-file configs/... [--eval-only] [--resume] \
+        [--num-gpus N] [KEY VALUE ...]
+"""
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+
+import voting_det  # noqa: F401  (registers the data sets)
+from voting_det import add_voting_config
+from voting_det.engine import Trainer
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_voting_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

@@ -1,0 +1,127 @@
+"""Registration of the NT data sets in detectron2's catalogs.
+
+The converter (``tools/convert_fetus_framework.py``) writes one folder of COCO
+JSON files per data set::
+
+    <coco_dir>/all.json
+    <coco_dir>/fold{k}_train.json, fold{k}_val.json, fold{k}_test.json
+
+Each JSON names its image folder in ``info["image_root"]`` (relative to the JSON
+file, or absolute). :func:`register_nt_coco` registers the files of one such
+folder under ``<prefix>_all`` and ``<prefix>_fold{k}_{train,val,test}``.
+Registration is lazy: nothing is read until a data set is used.
+
+Importing :mod:`voting_det` registers the built-in sets below their
+``$DETECTRON2_DATASETS`` root (default ``./datasets``):
+
+====================  ==============================  =============================
+names                 folder                          made by
+====================  ==============================  =============================
+``nt_*``              ``$DETECTRON2_DATASETS/nt``       ``make demo`` (synthetic NT)
+``nt_real_*``         ``$DETECTRON2_DATASETS/nt_real``  converting the public set
+====================  ==============================  =============================
+"""
+import json
+import logging
+import os
+from typing import Dict, List, Optional
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+
+__all__ = [
+    "BUILTIN_NT_SETS",
+    "NT_EVALUATOR_TYPE",
+    "NT_SPLITS",
+    "load_nt_coco_json",
+    "nt_split_files",
+    "register_all_nt",
+    "register_nt_coco",
+]
+
+logger = logging.getLogger(__name__)
+
+# evaluator_type of every set registered here; the trainer maps it to its evaluators.
+NT_EVALUATOR_TYPE = "nt"
+# Number of cross-validation folds the built-in sets are registered with.
+DEFAULT_NUM_FOLDS = 3
+# name prefix -> folder below $DETECTRON2_DATASETS
+BUILTIN_NT_SETS = {"nt": "nt", "nt_real": "nt_real"}
+NT_SPLITS = ("train", "val", "test")
+
+
+def _datasets_root() -> str:
+    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
+def nt_split_files(num_folds: int = DEFAULT_NUM_FOLDS) -> Dict[str, str]:
+    """Registered-name suffix -> JSON file name, e.g. ``"fold0_train" -> "fold0_train.json"``."""
+    files = {"all": "all.json"}
+    for k in range(num_folds):
+        for split in NT_SPLITS:
+            files[f"fold{k}_{split}"] = f"fold{k}_{split}.json"
+    return files
+
+
+def _image_root_of(json_file: str, info: dict) -> str:
+    root = info.get("image_root")
+    if root is None:
+        raise ValueError(
+            f"{json_file}: its 'info' has no 'image_root'; convert the data set with "
+            "tools/convert_fetus_framework.py, or register it with detectron2's "
+            "register_coco_instances and an explicit image folder"
+        )
+    if not os.path.isabs(root):
+        root = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(json_file)), root))
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"{json_file}: its image folder {root!r} does not exist; the images were moved "
+            "after conversion: convert the data set again from their new place"
+        )
+    return root
+
+
+def load_nt_coco_json(json_file: str, dataset_name: Optional[str] = None) -> List[dict]:
+    """Load a converted NT COCO file into detectron2's dataset dicts.
+
+    The image folder is read from the file's ``info["image_root"]``; detectron2's
+    :func:`load_coco_json` does the rest (and sets ``thing_classes``). Negative
+    images (no annotation) are kept with an empty ``annotations`` list.
+    """
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(
+            f"{json_file}: not found; create it with tools/convert_fetus_framework.py "
+            f"(or `make demo` for the synthetic set); DETECTRON2_DATASETS={_datasets_root()!r}"
+        )
+    with open(json_file) as f:
+        try:
+            info = json.load(f).get("info", {})
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{json_file}: not valid JSON ({e}); convert the data set again") from e
+    return load_coco_json(json_file, _image_root_of(json_file, info), dataset_name)
+
+
+def register_nt_coco(prefix: str, coco_dir: str, num_folds: int = DEFAULT_NUM_FOLDS) -> List[str]:
+    """Register the converted files of ``coco_dir`` as ``<prefix>_all``,
+    ``<prefix>_fold{k}_{train,val,test}``; returns the registered names.
+
+    Works for any set converted by ``tools/convert_fetus_framework.py``: a user's
+    own data are registered with one call, e.g.
+    ``register_nt_coco("my_nt", "/data/my_nt_coco")``.
+    """
+    names = []
+    for suffix, file_name in nt_split_files(num_folds).items():
+        name = f"{prefix}_{suffix}"
+        json_file = os.path.join(coco_dir, file_name)
+        DatasetCatalog.register(name, lambda j=json_file, n=name: load_nt_coco_json(j, n))
+        MetadataCatalog.get(name).set(json_file=json_file, evaluator_type=NT_EVALUATOR_TYPE)
+        names.append(name)
+    return names
+
+
+def register_all_nt(root: Optional[str] = None) -> None:
+    """Register the built-in NT sets below ``root`` (default ``$DETECTRON2_DATASETS``)."""
+    root = _datasets_root() if root is None else root
+    for prefix, folder in BUILTIN_NT_SETS.items():
+        if f"{prefix}_all" not in DatasetCatalog.list():
+            register_nt_coco(prefix, os.path.join(root, folder))

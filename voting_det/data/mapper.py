@@ -1,0 +1,73 @@
+"""Dataset mapper for ultrasound: detectron2's :class:`DatasetMapper` with
+augmentations that keep the look of a scan.
+
+Images are read in ``cfg.INPUT.FORMAT`` (BGR by default): a grey scan comes out
+as three identical channels, so every detectron2 tool (``DefaultPredictor``,
+``Visualizer``) works unchanged; a model may collapse them to one channel in its
+``preprocess_image``.
+
+Training augmentations, all set under ``cfg.INPUT.ULTRASOUND``:
+resize (detectron2's ``ResizeShortestEdge`` on ``INPUT.MIN_SIZE_TRAIN``), a
+horizontal flip (a fetus faces either way), brightness and contrast (gain and
+dynamic range differ between scanners), and optional multiplicative gamma
+speckle. Nothing blurs, rotates by large angles or warps elastically: those
+would destroy the speckle texture the structures are seen through.
+"""
+import copy
+from typing import List
+
+import numpy as np
+from detectron2.data import DatasetMapper
+from detectron2.data import transforms as T
+
+__all__ = ["RandomSpeckle", "build_ultrasound_augmentation", "build_ultrasound_mapper"]
+
+
+class RandomSpeckle(T.Augmentation):
+    """Multiply the image by unit-mean gamma noise (speckle is multiplicative).
+
+    Args:
+        sigma: standard deviation of the multiplicative noise; 0 disables it.
+    """
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        if sigma < 0:
+            raise ValueError(f"INPUT.ULTRASOUND.SPECKLE_SIGMA must be >= 0, got {sigma}")
+        self.sigma = sigma
+
+    def get_transform(self, image):
+        if self.sigma == 0:
+            return T.NoOpTransform()
+        shape = (1.0 / self.sigma) ** 2
+        noise = np.random.gamma(shape, 1.0 / shape, size=image.shape[:2]).astype(np.float32)
+
+        def apply(img, noise=noise):
+            out = img.astype(np.float32) * (noise[..., None] if img.ndim == 3 else noise)
+            return np.clip(out, 0, 255).astype(img.dtype)
+
+        return T.ColorTransform(apply)
+
+
+def build_ultrasound_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
+    """The augmentation list for ``is_train`` from ``cfg.INPUT`` (see module doc)."""
+    if not is_train:
+        return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+    us = cfg.INPUT.ULTRASOUND
+    augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
+    if us.HFLIP_PROB > 0:
+        augs.append(T.RandomFlip(prob=us.HFLIP_PROB, horizontal=True, vertical=False))
+    if tuple(us.BRIGHTNESS) != (1.0, 1.0):
+        augs.append(T.RandomBrightness(*us.BRIGHTNESS))
+    if tuple(us.CONTRAST) != (1.0, 1.0):
+        augs.append(T.RandomContrast(*us.CONTRAST))
+    if us.SPECKLE_SIGMA > 0:
+        augs.append(RandomSpeckle(us.SPECKLE_SIGMA))
+    return augs
+
+
+def build_ultrasound_mapper(cfg, is_train: bool) -> DatasetMapper:
+    """detectron2's DatasetMapper with :func:`build_ultrasound_augmentation`."""
+    args = DatasetMapper.from_config(cfg, is_train)
+    args["augmentations"] = build_ultrasound_augmentation(cfg, is_train)
+    return DatasetMapper(**copy.copy(args))

@@ -1,0 +1,82 @@
+"""detectron2's DefaultTrainer with the ultrasound mapper, the NT evaluators and
+an Adam option (the paper trains with Adam). Nothing of the training loop is
+rewritten: only the builder hooks are overridden."""
+import os
+
+import torch
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+
+from ..data import NT_EVALUATOR_TYPE, build_ultrasound_mapper
+
+__all__ = ["Trainer", "build_nt_evaluator", "detectron2_has_compiled_ops"]
+
+
+def detectron2_has_compiled_ops() -> bool:
+    """Whether detectron2's compiled extension ``_C`` loads (it does not in the
+    registry repackaging used as a fallback); without it COCO evaluation must use
+    pycocotools' own implementation (``use_fast_impl=False``)."""
+    try:
+        from detectron2 import _C  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_nt_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluators:
+    """The evaluators for ``dataset_name``: COCO AP/AP50 for every set."""
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
+    if evaluator_type not in (NT_EVALUATOR_TYPE, "coco"):
+        raise ValueError(
+            f"data set {dataset_name!r} has evaluator_type {evaluator_type!r}; voting_det evaluates "
+            f"'{NT_EVALUATOR_TYPE}' and 'coco' sets (register yours with voting_det.data.register_nt_coco)"
+        )
+    coco = COCOEvaluator(
+        dataset_name,
+        tasks=("bbox",),
+        distributed=True,
+        output_dir=output_dir,
+        use_fast_impl=detectron2_has_compiled_ops(),
+    )
+    return DatasetEvaluators([coco])
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with the ultrasound mapper, NT evaluators and Adam.
+
+    ``cfg.SOLVER.OPTIMIZER`` selects ``"SGD"`` (detectron2's own builder) or
+    ``"ADAM"`` (same parameter groups, ``torch.optim.Adam``, no momentum).
+    """
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_nt_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_ultrasound_mapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_ultrasound_mapper(cfg, is_train=False))
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        name = cfg.SOLVER.OPTIMIZER.upper()
+        if name == "SGD":
+            return super().build_optimizer(cfg, model)
+        if name != "ADAM":
+            raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'ADAM', got {cfg.SOLVER.OPTIMIZER!r}")
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        adam = torch.optim.Adam(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+        return maybe_add_gradient_clipping(cfg, adam)
