@@ -64,21 +64,25 @@ def nt_split_files(num_folds: int = DEFAULT_NUM_FOLDS) -> Dict[str, str]:
 
 
 def _image_root_of(json_file: str, info: dict) -> str:
-    root = info.get("image_root")
-    if root is None:
+    """The image folder of a converted file: ``info["image_root_relative"]`` (seen
+    from the JSON's folder, so a data set root can be moved as a whole), else
+    ``info["image_root"]`` (absolute, or relative to the JSON's folder)."""
+    here = os.path.dirname(os.path.abspath(json_file))
+    candidates = [info[k] for k in ("image_root_relative", "image_root") if info.get(k) is not None]
+    if not candidates:
         raise ValueError(
             f"{json_file}: its 'info' has no 'image_root'; convert the data set with "
             "tools/convert_fetus_framework.py, or register it with detectron2's "
             "register_coco_instances and an explicit image folder"
         )
-    if not os.path.isabs(root):
-        root = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(json_file)), root))
-    if not os.path.isdir(root):
-        raise FileNotFoundError(
-            f"{json_file}: its image folder {root!r} does not exist; the images were moved "
-            "after conversion: convert the data set again from their new place"
-        )
-    return root
+    roots = [os.path.normpath(os.path.join(here, c)) for c in candidates]
+    for root in roots:
+        if os.path.isdir(root):
+            return root
+    raise FileNotFoundError(
+        f"{json_file}: none of its image folders {roots} exists; the images were moved "
+        "after conversion: convert the data set again from their new place"
+    )
 
 
 def load_nt_coco_json(json_file: str, dataset_name: Optional[str] = None) -> List[dict]:
