@@ -11,13 +11,14 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 
 import voting_det  # noqa: F401  (registers the data sets)
 from voting_det import add_voting_config
+from voting_det.config import merge_config_file
 from voting_det.engine import Trainer
 
 
 def setup(args):
     cfg = get_cfg()
     add_voting_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    merge_config_file(cfg, args.config_file)  # also resolves model_zoo:// bases
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)

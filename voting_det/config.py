@@ -3,16 +3,47 @@
 ``add_voting_config(cfg)`` adds voting_det's own nodes to a detectron2 config
 (made by ``detectron2.config.get_cfg()``); it never changes an existing key's
 default, so a config without voting_det keys behaves as detectron2 does.
+:func:`validate_voting_config` checks a merged config when a model is built and
+names the offending key.
 """
+import os
+from typing import Any, Dict
+
+import yaml
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_voting_config"]
+__all__ = [
+    "MODEL_ZOO_PREFIX",
+    "VOTING_LEVELS",
+    "add_voting_config",
+    "load_config_dict",
+    "merge_config_file",
+    "validate_voting_config",
+]
+
+# A `_BASE_` starting with this names one of detectron2's own built-in configs
+# (resolved with detectron2.model_zoo.get_config_file), e.g.
+# "model_zoo://COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml".
+MODEL_ZOO_PREFIX = "model_zoo://"
+
+# Feature maps the primitive module can run on, with their strides.
+VOTING_LEVELS = {"res3": 8, "res4": 16}
 
 
 def add_voting_config(cfg: CN) -> None:
     """Add voting_det's keys to ``cfg`` in place (idempotent)."""
     if "ULTRASOUND" in cfg.INPUT:
         return
+    _add_input_config(cfg)
+    # Optimiser of voting_det.engine.Trainer: "SGD" (detectron2's) or "ADAM" (the paper's).
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    # Parameters whose name contains one of these get no weight decay (templates, temperature, fusion).
+    cfg.SOLVER.NO_DECAY_KEYS = ["semantic_templates", "spatial_template_logits", "log_temperature", "fusion_logit"]
+    _add_voting_model_config(cfg)
+    _add_context_config(cfg)
+
+
+def _add_input_config(cfg: CN) -> None:
     cfg.INPUT.ULTRASOUND = CN()
     # Probability of a horizontal flip in training (a fetus faces either way).
     cfg.INPUT.ULTRASOUND.HFLIP_PROB = 0.5
@@ -23,5 +54,181 @@ def add_voting_config(cfg: CN) -> None:
     # Std of multiplicative unit-mean gamma speckle added in training; 0 disables it.
     cfg.INPUT.ULTRASOUND.SPECKLE_SIGMA = 0.0
 
-    # Optimiser of voting_det.engine.Trainer: "SGD" (detectron2's) or "ADAM" (the paper's).
-    cfg.SOLVER.OPTIMIZER = "SGD"
+
+def _add_voting_model_config(cfg: CN) -> None:
+    # (Grey input: a one-value MODEL.PIXEL_MEAN / PIXEL_STD makes VotingRCNN average
+    # the loaders' 3 replicated BGR channels into one; see configs/Base-NT.yaml.)
+    v = cfg.MODEL.VOTING = CN()
+    # Which levels run, coarse to fine: ["res4"] = LS, ["res4", "res3"] = LCF.
+    v.LEVELS = ["res4", "res3"]
+    # K: number of visual primitives (semantic + spatial template pairs) per level.
+    v.NUM_PRIMITIVES = 128
+    # ROIAlign grid (M, N) = (H, W) per level, in the order of LEVELS.
+    v.GRID_SIZES = [[6, 24], [8, 32]]
+    # Spatial-template size (Hd, Wd) per level (odd); [] = full size (2M-1, 2N-1).
+    v.SPATIAL_TEMPLATE_SIZES = []
+    # Crop = input box enlarged about its centre by these factors (width, height).
+    v.CROP_CONTEXT = (1.5, 3.0)
+    # ROIAlign of the crops: detectron2 ROIPooler type and samples per bin.
+    v.POOLER_TYPE = "ROIAlignV2"
+    v.POOLER_SAMPLING_RATIO = 0
+    # Initial log temperature t of the soft-argmax (T = exp(t)) and its clamp range.
+    v.LOG_TEMPERATURE_INIT = 0.0
+    v.LOG_TEMPERATURE_RANGE = (-3.0, 3.0)
+    # Learn t; False keeps T fixed at exp(LOG_TEMPERATURE_INIT).
+    v.LEARN_TEMPERATURE = True
+    # Hidden sizes of FC_L (score and size from mean_k(Rs_k) * crop); [] = linear.
+    v.FC_DIMS = [256]
+    # Initialise the semantic templates: "random" (unit vectors) or "kmeans"
+    # (spherical k-means of training-positive ROI features before training).
+    v.TEMPLATE_INIT = "random"
+    # Images read for k-means initialisation.
+    v.KMEANS_NUM_IMAGES = 32
+    # Loss weights: score cross-entropy, centre offset, log-size change, heatmap.
+    v.LOSS_WEIGHT_CLS = 1.0
+    v.LOSS_WEIGHT_CENTRE = 1.0
+    v.LOSS_WEIGHT_SIZE = 1.0
+    v.LOSS_WEIGHT_HEATMAP = 1.0
+    # Smooth-L1 beta of the centre and size losses.
+    v.SMOOTH_L1_BETA = 0.1
+    # Sigma (x, y) in cells of the heatmap target Gaussian at the true centre.
+    v.HEATMAP_SIGMA = (1.0, 1.0)
+    # IoU threshold at which a coarse box x_p' counts as foreground when the fine
+    # level re-matches its labels (cascade style); the first level uses
+    # MODEL.ROI_HEADS.IOU_THRESHOLDS through detectron2's sampling.
+    v.REMATCH_IOU = 0.5
+    # Trace-back (Eq. 3): Rc threshold tau (0 = the paper) and unit-mass normalisation.
+    v.TRACE_TAU = 0.0
+    v.TRACE_NORMALIZE = False
+    # Attach intermediate boxes (proposal, coarse, fine, local, global, context) to
+    # each output instance.
+    v.RETURN_INTERMEDIATE = False
+
+
+def _add_context_config(cfg: CN) -> None:
+    c = cfg.MODEL.CONTEXT = CN()
+    # Run the context branch and the fusion (Proposed); False = local branch only.
+    c.ENABLED = True
+    # Registered name of the context head (voting_det.modeling.CONTEXT_HEAD_REGISTRY).
+    c.NAME = "ContextHead"
+    # Feature map of the context backbone (a second ResNet, its own weights) the head reads.
+    c.IN_FEATURE = "res4"
+    # O: number of context boxes; a built-in layout exists for 2, 4 and 6.
+    c.NUM_BOXES = 4
+    # Custom layout: O rows (dx, dy, w, h) in fractions of the image around the
+    # proposal centre; [] = the built-in layout for NUM_BOXES.
+    c.LAYOUT = []
+    # ROIAlign size of the union box for FC_G1, and of each deformed context box for FC_G2.
+    c.UNION_POOLER_RESOLUTION = (7, 7)
+    c.BOX_POOLER_RESOLUTION = (4, 4)
+    # Deformable gain gamma: offsets are in units of the box size times gamma.
+    c.DEFORM_GAMMA = 0.1
+    # Hidden sizes of FC_G1 (offsets) and FC_G2 (score and box).
+    c.FC_G1_DIMS = [256]
+    c.FC_G2_DIMS = [256]
+    # Loss weights of the context branch: cross-entropy and box regression.
+    c.LOSS_WEIGHT_CLS = 1.0
+    c.LOSS_WEIGHT_BOX = 1.0
+    # Fusion (Eq. 1): initial logit m of mu = sigmoid(m) (0 -> mu = 0.5).
+    c.FUSION_INIT = 0.0
+    # Stage-2 loss weights: fused loss, local branch, context branch.
+    c.LOSS_WEIGHT_FUSED = 1.0
+    c.LOSS_WEIGHT_LOCAL = 1.0
+    c.LOSS_WEIGHT_GLOBAL = 1.0
+
+
+def _fail(key: str, message: str) -> None:
+    raise ValueError(f"config key {key}: {message}")
+
+
+def validate_voting_config(cfg: CN) -> None:
+    """Check voting_det's keys of a merged config; raise naming the bad key."""
+    v, c = cfg.MODEL.VOTING, cfg.MODEL.CONTEXT
+    if v.NUM_PRIMITIVES < 1:
+        _fail("MODEL.VOTING.NUM_PRIMITIVES", f"K must be >= 1, got {v.NUM_PRIMITIVES}")
+    if not v.LEVELS:
+        _fail("MODEL.VOTING.LEVELS", "needs at least one level, e.g. ['res4'] (LS) or ['res4', 'res3'] (LCF)")
+    for level in v.LEVELS:
+        if level not in VOTING_LEVELS:
+            _fail("MODEL.VOTING.LEVELS", f"unknown level {level!r}; known: {sorted(VOTING_LEVELS)}")
+    if len(set(v.LEVELS)) != len(v.LEVELS):
+        _fail("MODEL.VOTING.LEVELS", f"a level is repeated: {list(v.LEVELS)}")
+    if len(v.GRID_SIZES) < len(v.LEVELS):
+        _fail("MODEL.VOTING.GRID_SIZES", f"needs one (M, N) per level of {list(v.LEVELS)}, got {list(v.GRID_SIZES)}")
+    for size in v.GRID_SIZES:
+        if len(size) != 2 or min(size) < 1:
+            _fail("MODEL.VOTING.GRID_SIZES", f"each entry must be (M, N) >= 1, got {list(size)}")
+    if v.SPATIAL_TEMPLATE_SIZES and len(v.SPATIAL_TEMPLATE_SIZES) < len(v.LEVELS):
+        _fail("MODEL.VOTING.SPATIAL_TEMPLATE_SIZES", "needs one (Hd, Wd) per level, or [] for full size")
+    for size in v.SPATIAL_TEMPLATE_SIZES:
+        if len(size) != 2 or any(s < 1 or s % 2 == 0 for s in size):
+            _fail("MODEL.VOTING.SPATIAL_TEMPLATE_SIZES", f"each entry must be two odd sizes, got {list(size)}")
+    if len(v.CROP_CONTEXT) != 2 or min(v.CROP_CONTEXT) < 1.0:
+        _fail("MODEL.VOTING.CROP_CONTEXT", f"must be (width, height) factors >= 1, got {v.CROP_CONTEXT}")
+    lo, hi = v.LOG_TEMPERATURE_RANGE
+    if not lo <= v.LOG_TEMPERATURE_INIT <= hi:
+        _fail("MODEL.VOTING.LOG_TEMPERATURE_INIT", f"{v.LOG_TEMPERATURE_INIT} outside LOG_TEMPERATURE_RANGE {lo, hi}")
+    if v.TEMPLATE_INIT not in ("random", "kmeans"):
+        _fail("MODEL.VOTING.TEMPLATE_INIT", f"must be 'random' or 'kmeans', got {v.TEMPLATE_INIT!r}")
+    if min(v.HEATMAP_SIGMA) <= 0:
+        _fail("MODEL.VOTING.HEATMAP_SIGMA", f"must be positive, got {v.HEATMAP_SIGMA}")
+    if not 0.0 <= v.TRACE_TAU < 1.0:
+        _fail("MODEL.VOTING.TRACE_TAU", f"must be in [0, 1), got {v.TRACE_TAU}")
+    if v.POOLER_TYPE not in ("ROIAlign", "ROIAlignV2"):
+        _fail("MODEL.VOTING.POOLER_TYPE", f"must be ROIAlign or ROIAlignV2, got {v.POOLER_TYPE!r}")
+    out_features = set(cfg.MODEL.RESNETS.OUT_FEATURES)
+    missing = [lvl for lvl in v.LEVELS if lvl not in out_features]
+    if missing:
+        _fail("MODEL.RESNETS.OUT_FEATURES", f"must contain the voting levels {missing} (MODEL.VOTING.LEVELS)")
+    if list(cfg.MODEL.RPN.IN_FEATURES) != [v.LEVELS[0]] and cfg.MODEL.PROPOSAL_GENERATOR.NAME == "RPN":
+        _fail("MODEL.RPN.IN_FEATURES", f"the RPN runs on the coarse level {v.LEVELS[0]!r}, got {cfg.MODEL.RPN.IN_FEATURES}")
+    if c.ENABLED:
+        if c.LAYOUT:
+            if len(c.LAYOUT) != c.NUM_BOXES or any(len(row) != 4 for row in c.LAYOUT):
+                _fail("MODEL.CONTEXT.LAYOUT", f"needs NUM_BOXES={c.NUM_BOXES} rows of (dx, dy, w, h)")
+        elif c.NUM_BOXES not in (2, 4, 6):
+            _fail("MODEL.CONTEXT.NUM_BOXES", f"O={c.NUM_BOXES} has no built-in layout (2, 4, 6); give MODEL.CONTEXT.LAYOUT")
+        if c.DEFORM_GAMMA < 0:
+            _fail("MODEL.CONTEXT.DEFORM_GAMMA", f"must be >= 0, got {c.DEFORM_GAMMA}")
+
+
+def _merge_dicts(src: Dict[str, Any], dst: Dict[str, Any]) -> None:
+    """Merge ``src`` into ``dst`` in place, recursively (``src`` wins)."""
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _merge_dicts(value, dst[key])
+        else:
+            dst[key] = value
+
+
+def load_config_dict(path: str) -> Dict[str, Any]:
+    """Read a YAML config with its ``_BASE_`` chain into one dict.
+
+    Like detectron2's ``merge_from_file``, with one addition: a base (or each
+    entry of a list of bases, merged in order) that starts with
+    :data:`MODEL_ZOO_PREFIX` is one of detectron2's built-in configs, so the
+    baselines inherit detectron2's own Faster R-CNN and FPN settings instead of
+    copying them.
+    """
+    from detectron2 import model_zoo
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} not found")
+    with open(path) as f:
+        loaded = yaml.safe_load(f) or {}
+    bases = loaded.pop("_BASE_", [])
+    merged: Dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        if base.startswith(MODEL_ZOO_PREFIX):
+            base_dict = CN.load_yaml_with_base(model_zoo.get_config_file(base[len(MODEL_ZOO_PREFIX):]), allow_unsafe=True)
+        else:
+            base_dict = load_config_dict(os.path.join(os.path.dirname(path), os.path.expanduser(base)))
+        _merge_dicts(base_dict, merged)
+    _merge_dicts(loaded, merged)
+    return merged
+
+
+def merge_config_file(cfg: CN, path: str) -> None:
+    """``cfg.merge_from_file(path)`` that also resolves ``model_zoo://`` bases
+    (:func:`load_config_dict`); an unknown key raises naming it, as detectron2 does."""
+    cfg.merge_from_other_cfg(CN(load_config_dict(path)))

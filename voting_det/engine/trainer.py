@@ -46,8 +46,8 @@ def build_nt_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvalua
 class Trainer(DefaultTrainer):
     """DefaultTrainer with the ultrasound mapper, NT evaluators and Adam.
 
-    ``cfg.SOLVER.OPTIMIZER`` selects ``"SGD"`` (detectron2's own builder) or
-    ``"ADAM"`` (same parameter groups, ``torch.optim.Adam``, no momentum).
+    ``cfg.SOLVER.OPTIMIZER`` selects ``"SGD"`` (detectron2's settings) or
+    ``"ADAM"`` (the paper's), over the same parameter groups.
     """
 
     @classmethod
@@ -66,17 +66,27 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
+        """SGD or Adam over detectron2's parameter groups; the parameters named in
+        ``SOLVER.NO_DECAY_KEYS`` (templates, temperature, fusion) get no weight decay."""
         name = cfg.SOLVER.OPTIMIZER.upper()
-        if name == "SGD":
-            return super().build_optimizer(cfg, model)
-        if name != "ADAM":
-            raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'ADAM', got {cfg.SOLVER.OPTIMIZER!r}")
+        if name not in ("SGD", "ADAM"):
+            raise ValueError(f"config key SOLVER.OPTIMIZER must be 'SGD' or 'ADAM', got {cfg.SOLVER.OPTIMIZER!r}")
         params = get_default_optimizer_params(
             model,
             base_lr=cfg.SOLVER.BASE_LR,
             weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+            overrides={key: {"weight_decay": 0.0} for key in cfg.SOLVER.NO_DECAY_KEYS},
         )
-        adam = torch.optim.Adam(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
-        return maybe_add_gradient_clipping(cfg, adam)
+        if name == "SGD":
+            optimizer = torch.optim.SGD(
+                params,
+                lr=cfg.SOLVER.BASE_LR,
+                momentum=cfg.SOLVER.MOMENTUM,
+                nesterov=cfg.SOLVER.NESTEROV,
+                weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+            )
+        else:
+            optimizer = torch.optim.Adam(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+        return maybe_add_gradient_clipping(cfg, optimizer)

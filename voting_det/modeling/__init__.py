@@ -1,5 +1,7 @@
 """Modeling: the paper's math as pure functions (``voting``: Eq. 2 and Eq. 3;
-``context``: the context-box geometry of Eq. 4 and Eq. 5)."""
+``context``: the context-box geometry of Eq. 4 and Eq. 5) and the registered
+detectron2 components built on them (``VotingROIHeads``, ``ContextHead``,
+``VotingRCNN``)."""
 from .context import (
     CONTEXT_LAYOUTS,
     context_layout,
@@ -8,6 +10,9 @@ from .context import (
     sample_boxes_bilinear,
     union_box,
 )
+from .context_head import CONTEXT_HEAD_REGISTRY, ContextHead, build_context_head
+from .local_head import VotingROIHeads, VotingStage
+from .meta_arch import VotingRCNN, fuse_predictions
 from .voting import (
     PrimitiveVoting,
     bilinear_cell_weights,
@@ -35,7 +40,14 @@ from .voting import (
 )
 
 __all__ = [
+    "CONTEXT_HEAD_REGISTRY",
     "CONTEXT_LAYOUTS",
+    "ContextHead",
+    "VotingRCNN",
+    "VotingROIHeads",
+    "VotingStage",
+    "build_context_head",
+    "fuse_predictions",
     "PrimitiveVoting",
     "bilinear_cell_weights",
     "context_layout",

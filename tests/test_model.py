@@ -1,0 +1,195 @@
+"""The registered components and the whole model on synthetic tensors (CPU,
+small sizes): loss keys, finiteness, gradients to every learned part of the
+paper, inference contract, edge cases, configs."""
+import glob
+import os
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from voting_det import add_voting_config
+from voting_det.config import merge_config_file
+from voting_det.modeling import fuse_predictions
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
+H, W = 128, 192
+
+
+def small_cfg(config="nt_voting.yaml", **overrides):
+    cfg = get_cfg()
+    add_voting_config(cfg)
+    merge_config_file(cfg, os.path.join(CONFIG_DIR, config))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.VOTING.NUM_PRIMITIVES = 8
+    cfg.MODEL.VOTING.GRID_SIZES = [[3, 8], [4, 12]]
+    cfg.MODEL.VOTING.FC_DIMS = [32]
+    cfg.MODEL.CONTEXT.FC_G1_DIMS = [16]
+    cfg.MODEL.CONTEXT.FC_G2_DIMS = [16]
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 20
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 10
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 16
+    for key, value in overrides.items():
+        node = cfg
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return cfg
+
+
+def nt_instances(boxes):
+    inst = Instances((H, W))
+    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    inst.gt_classes = torch.zeros(len(inst.gt_boxes), dtype=torch.int64)
+    return inst
+
+
+def batch(with_negative=True):
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 255, (3, H, W), generator=g, dtype=torch.uint8) for _ in range(2)]
+    targets = [nt_instances([[40.0, 90.0, 150.0, 104.0]]), nt_instances([] if with_negative else [[20.0, 60.0, 120.0, 70.0]])]
+    return [{"image": im, "instances": t} for im, t in zip(images, targets)]
+
+
+LOCAL_KEYS = {f"loss_local_{k}_{lvl}" for k in ("cls", "centre", "size", "heatmap") for lvl in ("res4", "res3")}
+RPN_KEYS = {"loss_rpn_cls", "loss_rpn_loc"}
+CONTEXT_KEYS = {"loss_global_cls", "loss_global_box", "loss_fused_cls", "loss_fused_box"}
+
+
+@pytest.mark.parametrize(
+    "config,expected",
+    [
+        ("nt_ls.yaml", RPN_KEYS | {k for k in LOCAL_KEYS if k.endswith("res4")}),
+        ("nt_lcf.yaml", RPN_KEYS | LOCAL_KEYS),
+        ("nt_voting.yaml", RPN_KEYS | LOCAL_KEYS | CONTEXT_KEYS),
+    ],
+)
+def test_training_forward_gives_the_documented_finite_losses(config, expected):
+    torch.manual_seed(0)
+    model = build_model(small_cfg(config))
+    model.train()
+    with EventStorage():
+        losses = model(batch())
+    assert set(losses) == expected
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+
+def test_every_learned_part_of_the_paper_gets_a_gradient():
+    torch.manual_seed(0)
+    model = build_model(small_cfg())
+    model.train()
+    with EventStorage():
+        losses = model(batch(with_negative=False))
+    sum(losses.values()).backward()
+    params = dict(model.named_parameters())
+    names = [
+        "roi_heads.stages.0.primitives.semantic_templates",
+        "roi_heads.stages.1.primitives.semantic_templates",
+        "roi_heads.stages.0.primitives.spatial_template_logits",
+        "roi_heads.stages.1.primitives.spatial_template_logits",
+        "roi_heads.stages.0.primitives.log_temperature",
+        "roi_heads.stages.1.primitives.log_temperature",
+        "fusion_logit",
+        "roi_heads.stages.0.fc.1.weight",  # FC_L
+        "roi_heads.stages.1.size_pred.weight",
+        "context_head.offset_pred.weight",  # FC_G1's last layer, through the box-differentiable sampler
+        "context_head.fc_g2.1.weight",  # FC_G2
+        "context_head.bbox_pred.weight",
+        "backbone.stem.conv1.weight",
+        "context_backbone.stem.conv1.weight",
+    ]
+    for name in names:
+        grad = params[name].grad
+        assert grad is not None and grad.norm() > 0, name
+    # FC_G1's last layer starts at zero (the fixed layout), so its hidden layer
+    # learns as soon as that layer has moved
+    model.zero_grad()
+    with torch.no_grad():
+        model.context_head.offset_pred.weight.normal_(std=0.01)
+    with EventStorage():
+        sum(model(batch(with_negative=False)).values()).backward()
+    assert params["context_head.fc_g1.1.weight"].grad.norm() > 0
+
+
+def test_inference_gives_instances_inside_the_image_with_probabilities():
+    torch.manual_seed(0)
+    model = build_model(small_cfg(**{"MODEL.VOTING.RETURN_INTERMEDIATE": True}))
+    model.eval()
+    inputs = [{"image": b["image"], "height": 2 * H, "width": 2 * W} for b in batch()]
+    with torch.no_grad():
+        out = model(inputs)
+    assert len(out) == 2
+    inst = out[0]["instances"]
+    assert inst.image_size == (2 * H, 2 * W) and 0 < len(inst) <= 10
+    boxes = inst.pred_boxes.tensor
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 2 * W).all() and (boxes[:, 3] <= 2 * H).all()
+    assert ((inst.scores >= 0) & (inst.scores <= 1)).all()
+    assert (inst.pred_classes == 0).all()
+    # intermediate boxes are in the output size too, and mu is the model's
+    assert inst.context_boxes.shape == (len(inst), 4, 4)
+    assert torch.allclose(inst.mu, torch.sigmoid(model.fusion_logit).expand(len(inst)))
+    fused = inst.mu[:, None] * inst.local_boxes + (1 - inst.mu[:, None]) * inst.global_boxes
+    limit = torch.tensor([2 * W, 2 * H, 2 * W, 2 * H], dtype=fused.dtype)
+    assert torch.allclose(torch.minimum(fused.clamp(min=0), limit), boxes, atol=1e-3)  # detectron2 clips pred_boxes
+    assert inst.proposal_boxes.max() <= 2 * W + 1e-3
+
+
+def test_inference_with_zero_proposals_and_gray_one_channel_input():
+    torch.manual_seed(0)
+    model = build_model(small_cfg(**{"MODEL.RPN.POST_NMS_TOPK_TEST": 0}))
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": torch.zeros(1, H, W, dtype=torch.uint8)}])
+    assert len(out[0]["instances"]) == 0
+
+
+def test_fusion_extremes():
+    local_boxes, global_boxes = torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([[5.0, 5, 20, 20]])
+    local_logits, global_logits = torch.tensor([[2.0, -1.0]]), torch.tensor([[-3.0, 1.0]])
+    for mu, boxes, logits in ((1.0, local_boxes, local_logits), (0.0, global_boxes, global_logits)):
+        b, p = fuse_predictions(torch.tensor(mu), local_boxes, local_logits, global_boxes, global_logits)
+        assert torch.equal(b, boxes)
+        assert torch.allclose(p, torch.softmax(logits, dim=1))
+    b, p = fuse_predictions(torch.tensor(0.5), local_boxes, local_logits, global_boxes, global_logits)
+    assert torch.allclose(b, torch.tensor([[2.5, 2.5, 15, 15]]))
+    assert torch.allclose(p.sum(dim=1), torch.ones(1))
+
+
+@pytest.mark.parametrize("config", sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR, "nt_*.yaml"))))
+def test_every_config_parses_and_builds(config):
+    cfg = get_cfg()
+    add_voting_config(cfg)
+    merge_config_file(cfg, os.path.join(CONFIG_DIR, config))
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("MODEL.VOTING.NUM_PRIMITIVES", 0, "MODEL.VOTING.NUM_PRIMITIVES"),
+        ("MODEL.VOTING.LEVELS", ["res5"], "MODEL.VOTING.LEVELS"),
+        ("MODEL.CONTEXT.NUM_BOXES", 3, "MODEL.CONTEXT.NUM_BOXES"),
+        ("MODEL.VOTING.GRID_SIZES", [[3, 8]], "MODEL.VOTING.GRID_SIZES"),
+        ("MODEL.RPN.IN_FEATURES", ["res3"], "MODEL.RPN.IN_FEATURES"),
+        ("MODEL.RESNETS.OUT_FEATURES", ["res4"], "MODEL.RESNETS.OUT_FEATURES"),
+    ],
+)
+def test_bad_config_names_the_key(key, value, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        build_model(small_cfg(**{key: value}))
+
+
+def test_unknown_key_in_a_config_file_is_refused(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f'_BASE_: "{os.path.abspath(os.path.join(CONFIG_DIR, "nt_lcf.yaml"))}"\nMODEL:\n  VOTING:\n    NUM_PRIMITIVS: 3\n')
+    cfg = get_cfg()
+    add_voting_config(cfg)
+    with pytest.raises(KeyError, match="NUM_PRIMITIVS"):
+        merge_config_file(cfg, str(path))
