@@ -59,6 +59,11 @@ def _add_voting_model_config(cfg: CN) -> None:
     # (Grey input: a one-value MODEL.PIXEL_MEAN / PIXEL_STD makes VotingRCNN average
     # the loaders' 3 replicated BGR channels into one; see configs/Base-NT.yaml.)
     v = cfg.MODEL.VOTING = CN()
+    # Pretrained ResNet-18 for the local backbone: a local file (torchvision .pth or
+    # detectron2 format); "" = from scratch. Needs MODEL.RESNETS.NORM "FrozenBN".
+    v.PRETRAINED_BACKBONE = ""
+    # Allow pickle (.pkl) weight files, which can run code when read; off by default.
+    v.TRUST_PICKLE = False
     # Which levels run, coarse to fine: ["res4"] = LS, ["res4", "res3"] = LCF.
     v.LEVELS = ["res4", "res3"]
     # K: number of visual primitives (semantic + spatial template pairs) per level.
@@ -113,6 +118,8 @@ def _add_context_config(cfg: CN) -> None:
     c.NAME = "ContextHead"
     # Feature map of the context backbone (a second ResNet, its own weights) the head reads.
     c.IN_FEATURE = "res4"
+    # Pretrained ResNet-18 for the context backbone (as MODEL.VOTING.PRETRAINED_BACKBONE).
+    c.PRETRAINED_BACKBONE = ""
     # O: number of context boxes; a built-in layout exists for 2, 4 and 6.
     c.NUM_BOXES = 4
     # Custom layout: O rows (dx, dy, w, h) in fractions of the image around the

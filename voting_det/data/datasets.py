@@ -48,6 +48,8 @@ DEFAULT_NUM_FOLDS = 3
 # name prefix -> folder below $DETECTRON2_DATASETS
 BUILTIN_NT_SETS = {"nt": "nt", "nt_real": "nt_real"}
 NT_SPLITS = ("train", "val", "test")
+# Classes of the built-in sets (converted with the default --structures NT).
+BUILTIN_NT_CLASSES = ("NT",)
 
 
 def _datasets_root() -> str:
@@ -105,13 +107,17 @@ def load_nt_coco_json(json_file: str, dataset_name: Optional[str] = None) -> Lis
     return load_coco_json(json_file, _image_root_of(json_file, info), dataset_name)
 
 
-def register_nt_coco(prefix: str, coco_dir: str, num_folds: int = DEFAULT_NUM_FOLDS) -> List[str]:
+def register_nt_coco(
+    prefix: str, coco_dir: str, num_folds: int = DEFAULT_NUM_FOLDS, thing_classes: Optional[List[str]] = None
+) -> List[str]:
     """Register the converted files of ``coco_dir`` as ``<prefix>_all``,
     ``<prefix>_fold{k}_{train,val,test}``; returns the registered names.
 
     Works for any set converted by ``tools/convert_fetus_framework.py``: a user's
     own data are registered with one call, e.g.
-    ``register_nt_coco("my_nt", "/data/my_nt_coco")``.
+    ``register_nt_coco("my_nt", "/data/my_nt_coco")``. ``thing_classes``, when
+    known, is set at once (tools need it before the files are read); it must be
+    the converted structures in order, else loading the set fails.
     """
     names = []
     for suffix, file_name in nt_split_files(num_folds).items():
@@ -119,6 +125,8 @@ def register_nt_coco(prefix: str, coco_dir: str, num_folds: int = DEFAULT_NUM_FO
         json_file = os.path.join(coco_dir, file_name)
         DatasetCatalog.register(name, lambda j=json_file, n=name: load_nt_coco_json(j, n))
         MetadataCatalog.get(name).set(json_file=json_file, evaluator_type=NT_EVALUATOR_TYPE)
+        if thing_classes is not None:
+            MetadataCatalog.get(name).set(thing_classes=list(thing_classes))
         names.append(name)
     return names
 
@@ -128,4 +136,4 @@ def register_all_nt(root: Optional[str] = None) -> None:
     root = _datasets_root() if root is None else root
     for prefix, folder in BUILTIN_NT_SETS.items():
         if f"{prefix}_all" not in DatasetCatalog.list():
-            register_nt_coco(prefix, os.path.join(root, folder))
+            register_nt_coco(prefix, os.path.join(root, folder), thing_classes=list(BUILTIN_NT_CLASSES))

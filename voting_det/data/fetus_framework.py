@@ -42,8 +42,6 @@ import logging
 import os
 import posixpath
 import re
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -53,6 +51,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from .. import __version__
+from ..utils import staged_folder
 from .folds import DEFAULT_PHASH_THRESHOLD, PHASH_BITS, assign_folds, carve_validation, group_near_duplicates, phash
 from .spreadsheet import read_object_detection_xlsx
 
@@ -674,24 +673,11 @@ def _report(
 
 def _write_outputs(outputs: Dict[str, dict], out: str) -> None:
     """Write every file into a fresh folder next to ``out``, then swap it in."""
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.writing-", dir=parent)
-    try:
+    with staged_folder(out) as staging:
         for name, content in outputs.items():
             with open(os.path.join(staging, name), "w") as f:
                 json.dump(content, f, indent=JSON_INDENT, sort_keys=True)
                 f.write("\n")
-        if os.path.isdir(out):
-            retired = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.replaced-", dir=parent)
-            os.rename(out, os.path.join(retired, "old"))
-            os.rename(staging, out)
-            shutil.rmtree(retired)
-        else:
-            os.rename(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def format_report(report: dict) -> str:

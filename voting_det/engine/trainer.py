@@ -1,9 +1,12 @@
 """detectron2's DefaultTrainer with the ultrasound mapper, the NT evaluators and
 an Adam option (the paper trains with Adam). Nothing of the training loop is
 rewritten: only the builder hooks are overridden."""
+import itertools
+import logging
 import os
 
 import torch
+from detectron2.structures import Boxes
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
@@ -12,6 +15,8 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from ..data import NT_EVALUATOR_TYPE, build_ultrasound_mapper
 
 __all__ = ["Trainer", "build_nt_evaluator", "detectron2_has_compiled_ops"]
+
+logger = logging.getLogger(__name__)
 
 
 def detectron2_has_compiled_ops() -> bool:
@@ -90,3 +95,40 @@ class Trainer(DefaultTrainer):
         else:
             optimizer = torch.optim.Adam(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
         return maybe_add_gradient_clipping(cfg, optimizer)
+
+    def resume_or_load(self, resume=True):
+        """detectron2's resume/load, then the k-means initialisation of the
+        semantic templates when ``MODEL.VOTING.TEMPLATE_INIT`` is ``"kmeans"``
+        and training starts from scratch (no checkpoint, no MODEL.WEIGHTS)."""
+        super().resume_or_load(resume=resume)
+        fresh = self.start_iter == 0 and not self.cfg.MODEL.WEIGHTS
+        if fresh and self.cfg.MODEL.get("VOTING") and self.cfg.MODEL.VOTING.TEMPLATE_INIT == "kmeans":
+            self.init_templates_kmeans()
+
+    @torch.no_grad()
+    def init_templates_kmeans(self) -> None:
+        """Run the local backbone on ``MODEL.VOTING.KMEANS_NUM_IMAGES`` training
+        images (test-time mapper: no augmentation) and initialise every level's
+        semantic templates from the features inside their ground-truth boxes."""
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        cfg = self.cfg.clone()
+        cfg.defrost()
+        # the training mapper (it keeps the boxes) without its random augmentations
+        cfg.INPUT.MIN_SIZE_TRAIN = (cfg.INPUT.MIN_SIZE_TEST,)
+        cfg.INPUT.MAX_SIZE_TRAIN = cfg.INPUT.MAX_SIZE_TEST
+        cfg.INPUT.ULTRASOUND.HFLIP_PROB = 0.0
+        cfg.INPUT.ULTRASOUND.BRIGHTNESS = (1.0, 1.0)
+        cfg.INPUT.ULTRASOUND.CONTRAST = (1.0, 1.0)
+        cfg.INPUT.ULTRASOUND.SPECKLE_SIGMA = 0.0
+        loader = build_detection_test_loader(
+            cfg, cfg.DATASETS.TRAIN[0], mapper=build_ultrasound_mapper(cfg, is_train=True)
+        )
+        was_training = model.training
+        model.eval()
+        batches = list(itertools.islice(loader, cfg.MODEL.VOTING.KMEANS_NUM_IMAGES))
+        images = model.preprocess_image(batches)
+        features = model.backbone(images.tensor)
+        gt_boxes = [Boxes(b["instances"].gt_boxes.tensor.to(model.device)) for b in batches]
+        used = model.roi_heads.init_templates_kmeans(features, gt_boxes, seed=cfg.SEED if cfg.SEED >= 0 else 0)
+        model.train(was_training)
+        logger.info("semantic templates initialised by k-means on %d ground-truth crops of %d images", used, len(batches))

@@ -230,6 +230,22 @@ class VotingROIHeads(ROIHeads):
         )
         return ret
 
+    @torch.no_grad()
+    def init_templates_kmeans(self, features: Dict[str, Tensor], gt_boxes: List[Boxes], seed: int = 0) -> int:
+        """Set every level's semantic templates to the spherical k-means of the
+        ROI feature vectors gamma_i of the ground-truth crops (the
+        compositional-voting initialisation; METHOD.md 2, "Initialisation").
+        Returns the number of crops used (0 leaves the templates unchanged)."""
+        num = sum(len(b) for b in gt_boxes)
+        if num == 0:
+            return 0
+        for stage, level in zip(self.stages, self.levels):
+            crops, _ = stage.crop(features[level], gt_boxes)
+            vectors = crops.permute(0, 2, 3, 1).reshape(-1, crops.shape[1])
+            vectors = vectors[vectors.norm(dim=1) > 0]  # cells outside the fan carry nothing
+            stage.primitives.init_semantic_templates_kmeans(vectors, seed=seed)
+        return num
+
     # ------------------------------------------------------------------ stages
     def run_stages(
         self, features: Dict[str, Tensor], proposals: List[Instances], targets: Optional[List[Instances]] = None

@@ -1,6 +1,7 @@
 """The whole network (METHOD.md section 1): local branch, context branch and
 the learned fusion of Eq. 1, as a detectron2 meta-architecture."""
 import copy
+import logging
 from typing import Dict, List, Optional
 
 import torch
@@ -14,8 +15,11 @@ from torch import Tensor, nn
 from ..config import validate_voting_config
 from .context_head import build_context_head
 from .local_head import box_deltas, smooth_l1_mean
+from .weights import load_pretrained_backbone
 
 __all__ = ["VotingRCNN", "fuse_predictions"]
+
+logger = logging.getLogger(__name__)
 
 # Floor of the fused probability inside the log of the fused cross-entropy.
 FUSED_PROB_EPS = 1e-6
@@ -86,6 +90,11 @@ class VotingRCNN(GeneralizedRCNN):
             context_cfg.MODEL.RESNETS.OUT_FEATURES = [c.IN_FEATURE]
             context_backbone = build_resnet_backbone(context_cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
             context_head = build_context_head(cfg, context_backbone.output_shape()[c.IN_FEATURE])
+        for backbone, path in ((ret["backbone"], cfg.MODEL.VOTING.PRETRAINED_BACKBONE), (context_backbone, c.PRETRAINED_BACKBONE)):
+            if backbone is not None and path:
+                report = load_pretrained_backbone(backbone, path, trust_pickle=cfg.MODEL.VOTING.TRUST_PICKLE)
+                logger.info("loaded %d tensors from %s (unused: %d, adapted: %s)",
+                            report["loaded"], path, len(report["unused"]), report["adapted"])
         ret.update(
             context_backbone=context_backbone,
             context_head=context_head,

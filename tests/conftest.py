@@ -1,0 +1,22 @@
+"""Shared fixtures: a tiny synthetic NT set, generated and converted once per session."""
+import pytest
+
+from voting_det.data import register_nt_coco
+from voting_det.data.fetus_framework import convert_fetus_framework
+from voting_det.data.synthetic import generate_synthetic_nt
+
+# Small enough to generate, convert and train on in seconds, large enough for 3 folds.
+TINY_NUM_IMAGES = 18
+TINY_SIZE = (144, 192)
+
+
+@pytest.fixture(scope="session")
+def tiny_nt_set(tmp_path_factory):
+    """A registered 18-image synthetic set at 144x192: ``(prefix, source_dir, coco_dir)``."""
+    root = tmp_path_factory.mktemp("tiny_nt")
+    source, coco = root / "source", root / "coco"
+    generate_synthetic_nt(str(source), TINY_NUM_IMAGES, seed=3, size=TINY_SIZE, workers=1, progress=False)
+    convert_fetus_framework(str(source), str(coco), structures=("NT",), folds=3, seed=0, progress=False)
+    prefix = "tiny_nt"
+    register_nt_coco(prefix, str(coco))
+    return prefix, source, coco

@@ -1,0 +1,78 @@
+"""The paper's two-stage protocol (METHOD.md section 4) as one call:
+stage 1 trains the local branch alone (LCF), stage 2 starts from it and trains
+the whole network (Proposed), the local branch fine-tuned. The two stages share
+one iteration budget, so Proposed gets what a baseline's single schedule gets."""
+import logging
+import os
+from typing import Dict, Sequence, Tuple
+
+from detectron2.config import CfgNode, get_cfg
+
+from ..config import add_voting_config, merge_config_file
+from .trainer import Trainer
+
+__all__ = ["split_schedule", "stage_configs", "train_two_stage"]
+
+logger = logging.getLogger(__name__)
+
+
+def split_schedule(total_iters: int, steps: Sequence[int], stage1_fraction: float) -> Tuple[Tuple[int, tuple], Tuple[int, tuple]]:
+    """Split a single schedule (``total_iters`` with LR ``steps``) into the two
+    stages: ``(iters, steps)`` of stage 1 and stage 2, each stage's steps scaled
+    from the single schedule's by its share of the iterations."""
+    if not 0.0 < stage1_fraction < 1.0:
+        raise ValueError(f"stage-1 fraction must be in (0, 1), got {stage1_fraction}")
+    first = max(1, int(round(total_iters * stage1_fraction)))
+    second = max(1, total_iters - first)
+
+    def scaled(iters):
+        return tuple(int(round(s * iters / total_iters)) for s in steps if 0 < round(s * iters / total_iters) < iters)
+
+    return (first, scaled(first)), (second, scaled(second))
+
+
+def stage_configs(
+    lcf_config: str,
+    voting_config: str,
+    output_dir: str,
+    opts: Sequence[str] = (),
+    stage1_fraction: float = 0.5,
+) -> Tuple[CfgNode, CfgNode]:
+    """The frozen configs of both stages. ``opts`` apply to both (e.g. the data
+    sets of a fold); the total ``SOLVER.MAX_ITER`` / ``STEPS`` after them is
+    split by :func:`split_schedule`. Stage 2 loads stage 1's final weights."""
+    cfgs = []
+    for path in (lcf_config, voting_config):
+        cfg = get_cfg()
+        add_voting_config(cfg)
+        merge_config_file(cfg, path)
+        cfg.merge_from_list(list(opts))
+        cfgs.append(cfg)
+    (it1, st1), (it2, st2) = split_schedule(cfgs[0].SOLVER.MAX_ITER, cfgs[0].SOLVER.STEPS, stage1_fraction)
+    for cfg, iters, steps, name in ((cfgs[0], it1, st1, "stage1_lcf"), (cfgs[1], it2, st2, "stage2_voting")):
+        cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS = iters, steps
+        cfg.OUTPUT_DIR = os.path.join(output_dir, name)
+    cfgs[1].MODEL.WEIGHTS = os.path.join(cfgs[0].OUTPUT_DIR, "model_final.pth")
+    for cfg in cfgs:
+        cfg.freeze()
+    return cfgs[0], cfgs[1]
+
+
+def train_two_stage(stage1: CfgNode, stage2: CfgNode, resume: bool = True) -> Dict[str, dict]:
+    """Train both stages (each resumable: a finished stage is not trained
+    again), then evaluate Proposed on its test sets; returns the test results."""
+    results = {}
+    for name, cfg in (("stage1_lcf", stage1), ("stage2_voting", stage2)):
+        final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+            f.write(cfg.dump())
+        trainer = Trainer(cfg)
+        if resume and os.path.isfile(final):
+            logger.info("%s: %s exists, not training it again", name, final)
+            trainer.checkpointer.load(final)
+        else:
+            trainer.resume_or_load(resume=resume)
+            trainer.train()
+        results[name] = Trainer.test(cfg, trainer.model)
+    return results
