@@ -20,7 +20,7 @@ setup:
 	@VENV=$(VENV) PYTHON=$(PYTHON) bash tools/install.sh
 
 demo: setup
-	$(PY) tools/demo.py --datasets $(DETECTRON2_DATASETS)
+	$(PY) tools/demo.py --datasets $(DETECTRON2_DATASETS) --output-dir output/demo
 
 test: setup
 	$(PY) -m pytest -q tests

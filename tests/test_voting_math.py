@@ -320,12 +320,19 @@ def test_gaussian_heatmap_target_matches_formula_with_unit_mass():
     assert torch.isfinite(far).all() and far[0].sum().item() == pytest.approx(1.0)
 
 
-def test_heatmap_loss_is_cross_entropy():
+def test_heatmap_loss_is_kl_divergence():
     n = 4 * 8
     p = torch.full((2, 4, 8), 1.0 / n)
     target = torch.zeros(2, 4, 8)
     target[:, 1, 3] = 1.0
-    assert heatmap_loss(p, target, eps=0.0).item() == pytest.approx(math.log(n))
+    assert heatmap_loss(p, target, eps=0.0).item() == pytest.approx(math.log(n))  # one-hot: KL = CE
+    # a two-cell target (0.5, 0.5) against p = (0.25, 0.75) there: KL = 0.5 ln 2 + 0.5 ln(2/3)
+    target2, p2 = torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)
+    target2[0, 0, :] = 0.5
+    p2[0, 0, 0], p2[0, 0, 1] = 0.25, 0.75
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert heatmap_loss(p2, target2, eps=0.0).item() == pytest.approx(expected)
+    assert heatmap_loss(target2, target2, eps=0.0).item() == pytest.approx(0.0, abs=1e-7)  # perfect fit
     empty = torch.zeros(0, 4, 8, requires_grad=True)
     assert heatmap_loss(empty, empty.detach()).item() == 0.0
 

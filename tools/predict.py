@@ -21,7 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import voting_det  # noqa: F401  (registers the data sets)
 from voting_det import add_voting_config
-from voting_det.config import merge_config_file
+from voting_det.config import merge_config_file, resolve_device
 from voting_det.inference import class_names_from_cfg, predict_images
 
 # Score-threshold keys of the detectron2 heads, set by --score-thresh (as detectron2's demo does).
@@ -48,6 +48,7 @@ def setup_cfg(args):
     cfg.merge_from_list(args.opts)
     if args.score_thresh is not None:
         cfg.merge_from_list([item for key in SCORE_THRESH_KEYS for item in (key, args.score_thresh)])
+    resolve_device(cfg)
     cfg.freeze()
     return cfg
 

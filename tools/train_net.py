@@ -11,7 +11,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 
 import voting_det  # noqa: F401  (registers the data sets)
 from voting_det import add_voting_config
-from voting_det.config import merge_config_file
+from voting_det.config import merge_config_file, resolve_device
 from voting_det.engine import Trainer
 
 
@@ -20,6 +20,7 @@ def setup(args):
     add_voting_config(cfg)
     merge_config_file(cfg, args.config_file)  # also resolves model_zoo:// bases
     cfg.merge_from_list(args.opts)
+    resolve_device(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

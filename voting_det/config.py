@@ -18,6 +18,7 @@ __all__ = [
     "add_voting_config",
     "load_config_dict",
     "merge_config_file",
+    "resolve_device",
     "validate_voting_config",
 ]
 
@@ -37,8 +38,12 @@ def add_voting_config(cfg: CN) -> None:
     _add_input_config(cfg)
     # Optimiser of voting_det.engine.Trainer: "SGD" (detectron2's) or "ADAM" (the paper's).
     cfg.SOLVER.OPTIMIZER = "SGD"
-    # Parameters whose name contains one of these get no weight decay (templates, temperature, fusion).
+    # The paper's own parameters (templates, temperature, fusion weight), by parameter
+    # name: they get no weight decay and their learning rate times VOTING_LR_FACTOR.
     cfg.SOLVER.NO_DECAY_KEYS = ["semantic_templates", "spatial_template_logits", "log_temperature", "fusion_logit"]
+    # Learning-rate factor of those parameters: they are logits and unit vectors that
+    # must move by O(1), which Adam's ~lr-sized steps at 1e-4 take ~10^4 iterations to do.
+    cfg.SOLVER.VOTING_LR_FACTOR = 1.0
     _add_voting_model_config(cfg)
     _add_context_config(cfg)
 
@@ -239,3 +244,15 @@ def merge_config_file(cfg: CN, path: str) -> None:
     """``cfg.merge_from_file(path)`` that also resolves ``model_zoo://`` bases
     (:func:`load_config_dict`); an unknown key raises naming it, as detectron2 does."""
     cfg.merge_from_other_cfg(CN(load_config_dict(path)))
+
+
+def resolve_device(cfg: CN) -> None:
+    """Run on the CPU when ``MODEL.DEVICE`` asks for CUDA and there is none
+    (detectron2's default is "cuda"); a warning says so. Call before freezing."""
+    import logging
+
+    import torch
+
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger(__name__).warning("MODEL.DEVICE=%s but no CUDA device is available: using the CPU", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"

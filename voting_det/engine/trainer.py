@@ -72,7 +72,8 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         """SGD or Adam over detectron2's parameter groups; the parameters named in
-        ``SOLVER.NO_DECAY_KEYS`` (templates, temperature, fusion) get no weight decay."""
+        ``SOLVER.NO_DECAY_KEYS`` (templates, temperature, fusion) get no weight
+        decay and ``SOLVER.VOTING_LR_FACTOR`` times the base learning rate."""
         name = cfg.SOLVER.OPTIMIZER.upper()
         if name not in ("SGD", "ADAM"):
             raise ValueError(f"config key SOLVER.OPTIMIZER must be 'SGD' or 'ADAM', got {cfg.SOLVER.OPTIMIZER!r}")
@@ -82,7 +83,10 @@ class Trainer(DefaultTrainer):
             weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-            overrides={key: {"weight_decay": 0.0} for key in cfg.SOLVER.NO_DECAY_KEYS},
+            overrides={
+                key: {"weight_decay": 0.0, "lr": cfg.SOLVER.BASE_LR * cfg.SOLVER.VOTING_LR_FACTOR}
+                for key in cfg.SOLVER.NO_DECAY_KEYS
+            },
         )
         if name == "SGD":
             optimizer = torch.optim.SGD(

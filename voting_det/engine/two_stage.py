@@ -8,7 +8,7 @@ from typing import Dict, Sequence, Tuple
 
 from detectron2.config import CfgNode, get_cfg
 
-from ..config import add_voting_config, merge_config_file
+from ..config import add_voting_config, merge_config_file, resolve_device
 from .trainer import Trainer
 
 __all__ = ["split_schedule", "stage_configs", "train_two_stage"]
@@ -47,6 +47,7 @@ def stage_configs(
         add_voting_config(cfg)
         merge_config_file(cfg, path)
         cfg.merge_from_list(list(opts))
+        resolve_device(cfg)
         cfgs.append(cfg)
     (it1, st1), (it2, st2) = split_schedule(cfgs[0].SOLVER.MAX_ITER, cfgs[0].SOLVER.STEPS, stage1_fraction)
     for cfg, iters, steps, name in ((cfgs[0], it1, st1, "stage1_lcf"), (cfgs[1], it2, st2, "stage2_voting")):
