@@ -72,8 +72,10 @@ def train_two_stage(stage1: CfgNode, stage2: CfgNode, resume: bool = True) -> Di
         if resume and os.path.isfile(final):
             logger.info("%s: %s exists, not training it again", name, final)
             trainer.checkpointer.load(final)
+            results[name] = Trainer.test(cfg, trainer.model)
         else:
             trainer.resume_or_load(resume=resume)
             trainer.train()
-        results[name] = Trainer.test(cfg, trainer.model)
+            # detectron2's EvalHook evaluates once more after the last iteration
+            results[name] = trainer._last_eval_results
     return results
