@@ -10,7 +10,7 @@ export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 .PHONY: help setup demo test test-fast synthetic convert-real clean-demo
 
 help:
-	@echo "make demo          set up, then generate the synthetic NT set, convert it to COCO folds, summarise"
+	@echo "make demo          set up, then generate synthetic NT data, train LCF then Proposed, evaluate, draw predictions"
 	@echo "make test          set up, then run the whole test suite"
 	@echo "make setup         only create/update $(VENV)"
 	@echo "make synthetic     (re)measure the synthetic set against the real one (needs ../shared/data)"

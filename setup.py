@@ -6,15 +6,17 @@ detectron2 itself is deliberately NOT listed in install_requires: it is not on
 PyPI under its own name. `make demo` / `make test` (tools/install.sh) keep an
 importable official detectron2 and otherwise install a registry repackaging.
 """
+import re
+
 from setuptools import find_packages, setup
 
 
 def get_version():
     with open("voting_det/__init__.py") as f:
-        for line in f:
-            if line.startswith("__version__"):
-                return line.split("=")[1].strip().strip('"')
-    raise RuntimeError("voting_det/__init__.py has no __version__")
+        match = re.search(r'^__version__ = "([^"]+)"', f.read(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError("voting_det/__init__.py has no __version__")
+    return match.group(1)
 
 
 setup(
