@@ -179,6 +179,9 @@ def test_every_config_parses_and_builds(config):
         ("MODEL.VOTING.GRID_SIZES", [[3, 8]], "MODEL.VOTING.GRID_SIZES"),
         ("MODEL.RPN.IN_FEATURES", ["res3"], "MODEL.RPN.IN_FEATURES"),
         ("MODEL.RESNETS.OUT_FEATURES", ["res4"], "MODEL.RESNETS.OUT_FEATURES"),
+        ("MODEL.CONTEXT.IN_FEATURE", "res5", "MODEL.CONTEXT.IN_FEATURE"),
+        ("MODEL.CONTEXT.LAYOUT", [[0.0, -0.3, 0.4, 0.6]], "MODEL.CONTEXT.LAYOUT"),
+        ("MODEL.VOTING.CROP_CONTEXT", (0.5, 3.0), "MODEL.VOTING.CROP_CONTEXT"),
     ],
 )
 def test_bad_config_names_the_key(key, value, message):

@@ -200,6 +200,8 @@ def validate_voting_config(cfg: CN) -> None:
                 _fail("MODEL.CONTEXT.LAYOUT", f"needs NUM_BOXES={c.NUM_BOXES} rows of (dx, dy, w, h)")
         elif c.NUM_BOXES not in (2, 4, 6):
             _fail("MODEL.CONTEXT.NUM_BOXES", f"O={c.NUM_BOXES} has no built-in layout (2, 4, 6); give MODEL.CONTEXT.LAYOUT")
+        if c.IN_FEATURE not in VOTING_LEVELS:
+            _fail("MODEL.CONTEXT.IN_FEATURE", f"must be one of {sorted(VOTING_LEVELS)} (a truncated ResNet), got {c.IN_FEATURE!r}")
         if c.DEFORM_GAMMA < 0:
             _fail("MODEL.CONTEXT.DEFORM_GAMMA", f"must be >= 0, got {c.DEFORM_GAMMA}")
 
