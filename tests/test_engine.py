@@ -10,7 +10,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 from voting_det.engine import Trainer
-from voting_det.engine.two_stage import split_schedule, stage_configs
+from voting_det.engine.two_stage import split_schedule, stage_configs, train_two_stage
 
 from .test_model import CONFIG_DIR, small_cfg
 
@@ -38,6 +38,16 @@ def test_stage_configs_chain_the_stages(tmp_path):
     assert stage2.MODEL.WEIGHTS == os.path.join(stage1.OUTPUT_DIR, "model_final.pth")
     assert stage1.DATASETS.TRAIN == stage2.DATASETS.TRAIN == ("nt_fold1_train",)
     assert stage1.MODEL.DEVICE == "cpu" or torch.cuda.is_available()
+
+
+def test_resuming_into_a_folder_of_another_run_is_refused(tmp_path):
+    configs = [os.path.join(CONFIG_DIR, f) for f in ("nt_lcf.yaml", "nt_voting.yaml")]
+    stage1, stage2 = stage_configs(*configs, str(tmp_path), ["SOLVER.MAX_ITER", "40"])
+    os.makedirs(stage1.OUTPUT_DIR)
+    with open(os.path.join(stage1.OUTPUT_DIR, "config.yaml"), "w") as f:
+        f.write(stage_configs(*configs, str(tmp_path), ["SOLVER.MAX_ITER", "1400"])[0].dump())
+    with pytest.raises(ValueError, match="another config"):
+        train_two_stage(stage1, stage2, resume=True)
 
 
 def test_default_predictor_on_a_saved_checkpoint_any_size(tmp_path):

@@ -59,12 +59,29 @@ def stage_configs(
     return cfgs[0], cfgs[1]
 
 
+def _refuse_other_run(cfg: CfgNode) -> None:
+    """Resuming into a folder that holds a run with another config would mix two
+    runs (e.g. a smoke test's checkpoints taken for a full run's): refuse."""
+    path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    if os.path.isfile(path):
+        with open(path) as f:
+            if f.read() != cfg.dump():
+                raise ValueError(
+                    f"{cfg.OUTPUT_DIR} holds a run with another config ({path}); resuming would mix the "
+                    "two runs: use a new --output-dir, or --no-resume to train this one from the start there"
+                )
+
+
 def train_two_stage(stage1: CfgNode, stage2: CfgNode, resume: bool = True) -> Dict[str, dict]:
-    """Train both stages (each resumable: a finished stage is not trained
-    again), then evaluate Proposed on its test sets; returns the test results."""
+    """Train both stages, then evaluate each on its test sets; returns the test
+    results. With ``resume``, a finished stage is not trained again and an
+    unfinished one continues from its last checkpoint, provided the stage's
+    folder holds a run of the same config (else :func:`_refuse_other_run` raises)."""
     results = {}
     for name, cfg in (("stage1_lcf", stage1), ("stage2_voting", stage2)):
         final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+        if resume:
+            _refuse_other_run(cfg)
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
             f.write(cfg.dump())
