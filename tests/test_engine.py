@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
+from detectron2.structures import Boxes
 
+from voting_det import add_voting_config
+from voting_det.config import merge_config_file
 from voting_det.engine import Trainer
 from voting_det.engine.two_stage import split_schedule, stage_configs, train_two_stage
 
@@ -89,3 +94,44 @@ def test_optimizer_groups_give_the_paper_parameters_no_decay_and_their_factor():
     cfg.SOLVER.OPTIMIZER = "RMSPROP"
     with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
         Trainer.build_optimizer(cfg, model)
+
+
+def test_kmeans_initialisation_puts_templates_on_ground_truth_features(tiny_nt_set, tmp_path):
+    """MODEL.VOTING.TEMPLATE_INIT kmeans: after Trainer.resume_or_load every
+    semantic template is a unit vector lying on the ROI features of the
+    ground-truth crops (each one's best cosine with them is high), unlike the
+    random start."""
+    prefix = tiny_nt_set[0]
+    cfg = get_cfg()
+    add_voting_config(cfg)
+    merge_config_file(cfg, os.path.join(CONFIG_DIR, "nt_lcf_instant_test.yaml"))
+    cfg.merge_from_list([
+        "MODEL.DEVICE", "cpu", "MODEL.VOTING.TEMPLATE_INIT", "kmeans", "MODEL.VOTING.KMEANS_NUM_IMAGES", 4,
+        "MODEL.VOTING.NUM_PRIMITIVES", 8, "DATASETS.TRAIN", (f"{prefix}_fold0_train",),
+        "DATASETS.TEST", (f"{prefix}_fold0_test",), "INPUT.MIN_SIZE_TEST", 144, "INPUT.MAX_SIZE_TEST", 192,
+        "OUTPUT_DIR", str(tmp_path), "SEED", 0,
+    ])
+    torch.manual_seed(0)
+    trainer = Trainer(cfg)
+    stage = trainer.model.roi_heads.stages[0]
+    before = stage.primitives.semantic_templates.detach().clone()
+    trainer.resume_or_load(resume=False)
+    after = stage.primitives.semantic_templates.detach()
+    assert not torch.allclose(before, after)
+    assert torch.allclose(after.norm(dim=1), torch.ones(len(after)), atol=1e-5)
+    # the features the templates were fit to, gathered independently here
+    batches = [x for batch in trainer.build_test_loader(cfg, cfg.DATASETS.TRAIN[0]) for x in batch][:4]
+    model = trainer.model.eval()
+    with torch.no_grad():
+        features = model.backbone(model.preprocess_image(batches).tensor)
+        records = {r["image_id"]: r for r in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])}
+        gt = []
+        for b in batches:
+            boxes = [a["bbox"] for a in records[b["image_id"]]["annotations"]]
+            scale = b["image"].shape[1] / b["height"]
+            gt.append(Boxes(torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes], dtype=torch.float32).reshape(-1, 4) * scale))
+        crops, _ = stage.crop(features["res4"], gt)
+    vectors = torch.nn.functional.normalize(crops.permute(0, 2, 3, 1).reshape(-1, crops.shape[1]), dim=1)
+    best_after = (after @ vectors.T).max(dim=1).values
+    best_before = (before @ vectors.T).max(dim=1).values
+    assert best_after.min() > best_before.max()

@@ -129,7 +129,8 @@ class Trainer(DefaultTrainer):
         )
         was_training = model.training
         model.eval()
-        batches = list(itertools.islice(loader, cfg.MODEL.VOTING.KMEANS_NUM_IMAGES))
+        # the test loader yields lists of one image
+        batches = [x for batch in itertools.islice(loader, cfg.MODEL.VOTING.KMEANS_NUM_IMAGES) for x in batch]
         images = model.preprocess_image(batches)
         features = model.backbone(images.tensor)
         gt_boxes = [Boxes(b["instances"].gt_boxes.tensor.to(model.device)) for b in batches]
