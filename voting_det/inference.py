@@ -44,8 +44,9 @@ from detectron2.data import MetadataCatalog
 from detectron2.structures import Instances
 from tqdm import tqdm
 
+from .utils import IMAGE_EXTENSIONS, natural_key
+
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "NO_DETECTION_RANK",
     "PREDICTION_FIELDS",
     "NotAPredictionFileError",
@@ -55,7 +56,6 @@ __all__ = [
     "detection_rows",
     "error_row",
     "list_images",
-    "natural_sort_key",
     "predict_images",
     "read_predictions",
 ]
@@ -63,7 +63,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Image files found in an input folder (compared case-insensitively).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Columns of a prediction table, in order.
 PREDICTION_FIELDS = ("file", "image_height", "image_width", "rank", "score", "class", "x0", "y0", "x1", "y1", "error")
 BOX_FIELDS = ("x0", "y0", "x1", "y1")
@@ -88,11 +87,6 @@ class NotAPredictionFileError(ValueError):
     """An existing output file that this module did not write (it is never modified)."""
 
 
-def natural_sort_key(path: str) -> Tuple:
-    """Sort key ordering digit runs by value: ``img2.png`` before ``img10.png``."""
-    return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path))
-
-
 def list_images(path: str) -> Tuple[str, List[str]]:
     """``(root, files)``: the images of a folder (recursive) or a single image.
 
@@ -109,7 +103,7 @@ def list_images(path: str) -> Tuple[str, List[str]]:
             if name.lower().endswith(IMAGE_EXTENSIONS):
                 relative = os.path.relpath(os.path.join(folder, name), path)
                 files.append(relative.replace(os.sep, "/"))
-    return path, sorted(files, key=natural_sort_key)
+    return path, sorted(files, key=natural_key)
 
 
 def class_names_from_cfg(cfg) -> Optional[List[str]]:

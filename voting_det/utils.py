@@ -1,11 +1,20 @@
 """Small helpers shared by the data tools."""
 import contextlib
 import os
+import re
 import shutil
 import tempfile
-from typing import Iterator
+from typing import Iterator, Tuple
 
-__all__ = ["staged_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "natural_key", "staged_folder"]
+
+# File endings read as images by the converter and the predict tool.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def natural_key(path: str) -> Tuple:
+    """Sort key ordering digit runs by value: ``2.png`` before ``10.png``."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path))
 
 
 @contextlib.contextmanager

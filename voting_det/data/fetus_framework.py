@@ -51,7 +51,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from .. import __version__
-from ..utils import staged_folder
+from ..utils import IMAGE_EXTENSIONS, natural_key, staged_folder
 from .folds import DEFAULT_PHASH_THRESHOLD, PHASH_BITS, assign_folds, carve_validation, group_near_duplicates, phash
 from .spreadsheet import read_object_detection_xlsx
 
@@ -86,7 +86,6 @@ FETUS_FRAMEWORK_STRUCTURES = (
 )
 _STRUCTURE_BY_KEY = {s.lower(): s for s in FETUS_FRAMEWORK_STRUCTURES}
 SPREADSHEET_NAME = "ObjectDetection.xlsx"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DEFAULT_STRUCTURES = ("NT",)
 DEFAULT_NUM_FOLDS = 3
 DEFAULT_VAL_FRACTION = 0.15
@@ -237,8 +236,8 @@ def convert_fetus_framework(
     index = _index_images(root)
     rows = [_parse_row(r, index, root) for r in sheet_rows]
 
-    named = sorted({c for r in rows for c in r.candidates}, key=_natural_key)
-    unannotated = sorted(set(p for paths in index.values() for p in paths) - set(named), key=_natural_key)
+    named = sorted({c for r in rows for c in r.candidates}, key=natural_key)
+    unannotated = sorted(set(p for paths in index.values() for p in paths) - set(named), key=natural_key)
     to_read = named + (unannotated if include_unannotated else [])
     images, unreadable = _read_images(root, to_read, progress)
     _check_rows_against_images(rows, images, unreadable)
@@ -263,7 +262,7 @@ def convert_fetus_framework(
     kept = [p for p in named if p not in dropped]
     if include_unannotated:
         kept += [p for p in unannotated if p not in unreadable]
-    kept.sort(key=_natural_key)
+    kept.sort(key=natural_key)
     if not kept:
         raise ValueError(f"{root}: no image left to convert")
 
@@ -360,11 +359,6 @@ def _check_output_folder(out: str, root: str, overwrite: bool) -> None:
             f"{out}: holds entries this converter did not write ({foreign[:5]}...); "
             "refusing to delete it, choose another output folder"
         )
-
-
-def _natural_key(path: str) -> tuple:
-    """Sort key putting ``2.png`` before ``10.png``."""
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path))
 
 
 def _index_images(root: str) -> Dict[str, List[str]]:
@@ -661,7 +655,7 @@ def _report(
         },
         "problems_by_kind": by_kind,
         "problems": [asdict(p) for p in problems],
-        "dropped_images": [dropped[p] for p in sorted(dropped, key=_natural_key)],
+        "dropped_images": [dropped[p] for p in sorted(dropped, key=natural_key)],
         "near_duplicates": {
             "groups": len(members),
             "group_sizes": {str(size): sizes[size] for size in sorted(sizes)},
