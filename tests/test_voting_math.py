@@ -17,6 +17,7 @@ from voting_det.modeling.voting import (
     gaussian_heatmap_target,
     grid_to_image,
     heatmap_loss,
+    image_to_grid,
     interpolate_bilinear,
     kmeans_semantic_templates,
     nearest_cell_index,
@@ -187,6 +188,8 @@ def test_grid_to_image_hand_numbers_for_a_non_square_crop():
     assert torch.allclose(grid_to_image(cells, crop, (6, 24)), torch.tensor([[220.0, 80.0]]))
     cells = torch.tensor([[0.5, 0.5]])
     assert torch.allclose(grid_to_image(cells, crop, (6, 24)), torch.tensor([[105.0, 55.0]]))
+    # and back: pixel (220, 80) is 12 cells right and 3 cells down of the crop's corner
+    assert torch.allclose(image_to_grid(torch.tensor([[220.0, 80.0]]), crop, (6, 24)), torch.tensor([[12.0, 3.0]]))
 
 
 def test_grid_to_image_agrees_with_roialign_aligned_sampling():

@@ -14,7 +14,7 @@ speckle. Nothing blurs, rotates by large angles or warps elastically: those
 would destroy the speckle texture the structures are seen through.
 """
 import copy
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 from detectron2.data import DatasetMapper
@@ -66,8 +66,12 @@ def build_ultrasound_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
     return augs
 
 
-def build_ultrasound_mapper(cfg, is_train: bool) -> DatasetMapper:
-    """detectron2's DatasetMapper with :func:`build_ultrasound_augmentation`."""
+def build_ultrasound_mapper(cfg, is_train: bool, augment: Optional[bool] = None) -> DatasetMapper:
+    """detectron2's DatasetMapper with :func:`build_ultrasound_augmentation`.
+
+    ``augment`` (default: ``is_train``) picks the training augmentations or the
+    test-time resize; ``is_train=True, augment=False`` keeps the annotations of
+    images prepared exactly as at test time."""
     args = DatasetMapper.from_config(cfg, is_train)
-    args["augmentations"] = build_ultrasound_augmentation(cfg, is_train)
+    args["augmentations"] = build_ultrasound_augmentation(cfg, is_train if augment is None else augment)
     return DatasetMapper(**copy.copy(args))

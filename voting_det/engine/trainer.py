@@ -115,18 +115,10 @@ class Trainer(DefaultTrainer):
         images (test-time mapper: no augmentation) and initialise every level's
         semantic templates from the features inside their ground-truth boxes."""
         model = self.model.module if hasattr(self.model, "module") else self.model
-        cfg = self.cfg.clone()
-        cfg.defrost()
-        # the training mapper (it keeps the boxes) without its random augmentations
-        cfg.INPUT.MIN_SIZE_TRAIN = (cfg.INPUT.MIN_SIZE_TEST,)
-        cfg.INPUT.MAX_SIZE_TRAIN = cfg.INPUT.MAX_SIZE_TEST
-        cfg.INPUT.ULTRASOUND.HFLIP_PROB = 0.0
-        cfg.INPUT.ULTRASOUND.BRIGHTNESS = (1.0, 1.0)
-        cfg.INPUT.ULTRASOUND.CONTRAST = (1.0, 1.0)
-        cfg.INPUT.ULTRASOUND.SPECKLE_SIGMA = 0.0
-        loader = build_detection_test_loader(
-            cfg, cfg.DATASETS.TRAIN[0], mapper=build_ultrasound_mapper(cfg, is_train=True)
-        )
+        cfg = self.cfg
+        # keeps the boxes, prepares the images as at test time (no random augmentation)
+        mapper = build_ultrasound_mapper(cfg, is_train=True, augment=False)
+        loader = build_detection_test_loader(cfg, cfg.DATASETS.TRAIN[0], mapper=mapper)
         was_training = model.training
         model.eval()
         # the test loader yields lists of one image

@@ -29,6 +29,7 @@ from .voting import (
     gaussian_heatmap_target,
     grid_to_image,
     heatmap_loss,
+    image_to_grid,
 )
 
 __all__ = ["VotingStage", "VotingROIHeads", "mlp", "box_deltas", "smooth_l1_mean"]
@@ -300,11 +301,10 @@ class VotingROIHeads(ROIHeads):
         input_boxes = out["input_boxes"][fg]
         target = box_deltas(input_boxes, out["gt_boxes"][fg])
         pred_centre = box_deltas(input_boxes, out["pred_boxes"][fg])[:, :2]
-        crop_boxes = out["crop_boxes"][fg]
-        m, n = out["probabilities"].shape[1:]
+        grid_size = tuple(out["probabilities"].shape[1:])
         gt_centres = (out["gt_boxes"][fg, :2] + out["gt_boxes"][fg, 2:]) / 2
-        cells = (gt_centres - crop_boxes[:, :2]) / (crop_boxes[:, 2:] - crop_boxes[:, :2]) * gt_centres.new_tensor([n, m])
-        heat_target = gaussian_heatmap_target(cells, (m, n), self.heatmap_sigma)
+        cells = image_to_grid(gt_centres, out["crop_boxes"][fg], grid_size)
+        heat_target = gaussian_heatmap_target(cells, grid_size, self.heatmap_sigma)
         w, beta = self.loss_weights, self.smooth_l1_beta
         losses = {
             "cls": F.cross_entropy(out["logits"], gt_classes, reduction="mean") if num else out["logits"].sum(),

@@ -58,6 +58,7 @@ __all__ = [
     "gaussian_heatmap_target",
     "grid_to_image",
     "heatmap_loss",
+    "image_to_grid",
     "interpolate_bilinear",
     "kmeans_semantic_templates",
     "nearest_cell_index",
@@ -289,6 +290,17 @@ def grid_to_image(centre_cells: Tensor, crop_boxes: Tensor, grid_size: Tuple[int
     extent = crop_boxes[:, 2:] - origin
     cells = torch.tensor([n, m], dtype=centre_cells.dtype, device=centre_cells.device)
     return origin + centre_cells / cells * extent
+
+
+def image_to_grid(points: Tensor, crop_boxes: Tensor, grid_size: Tuple[int, int]) -> Tensor:
+    """The inverse of :func:`grid_to_image`: image ``(x, y)`` to cell units of
+    the crop grid (e.g. the true centre, for the heatmap target).
+    ``points``: ``(R, 2)``; ``crop_boxes``: ``(R, 4)``; returns ``(R, 2)``."""
+    m, n = grid_size
+    origin = crop_boxes[:, :2]
+    extent = crop_boxes[:, 2:] - origin
+    cells = torch.tensor([n, m], dtype=points.dtype, device=points.device)
+    return (points - origin) / extent * cells
 
 
 def enlarge_boxes(boxes: Tensor, context_w: float, context_h: float) -> Tensor:
