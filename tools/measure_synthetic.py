@@ -31,6 +31,8 @@ import argparse
 import csv
 import json
 import os
+import posixpath
+import tempfile
 import time
 
 import cv2
@@ -44,9 +46,8 @@ from voting_det.data.baselines_simple import (
     fit_mean_box,
     mean_box_prediction,
 )
-from voting_det.data.spreadsheet import read_object_detection_xlsx
+from voting_det.data.fetus_framework import ALL_FILE, convert_fetus_framework
 from voting_det.data.synthetic import (
-    IMAGES_DIRNAME,
     METADATA_FILENAME,
     NEAR_NECK_BOX_WIDTHS,
     SPREADSHEET_FILENAME,
@@ -69,21 +70,24 @@ EXAMPLE_GREY_LEVELS = 64
 
 
 def load_set(root: str):
-    """Images with their NT box (or None) as dicts; rows naming missing files
-    are skipped (and counted), images without any row are left out."""
-    rows = read_object_detection_xlsx(os.path.join(root, SPREADSHEET_FILENAME))
-    by_file, missing = {}, set()
-    for r in rows:
-        fname = str(r.fname).strip()
-        path = os.path.join(root, IMAGES_DIRNAME, fname)
-        if not os.path.isfile(path):
-            missing.add(fname)
-            continue
-        entry = by_file.setdefault(fname, {"fname": fname, "path": path, "nt": None})
-        if str(r.structure).strip() == "NT":
-            entry["nt"] = (float(r.w_min), float(r.h_min), float(r.w_max), float(r.h_max))
-    order = sorted(by_file, key=lambda f: (len(f), f))
-    return [by_file[f] for f in order], len(missing)
+    """Images with their NT box (or None) as dicts, read through the project's
+    converter (so the real set gets the same row validation as training does):
+    invalid rows (in the real copy: rows naming missing files) are skipped and
+    counted, images without any row are left out."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = convert_fetus_framework(root, os.path.join(tmp, "coco"), skip_invalid=True, progress=False)
+        with open(os.path.join(tmp, "coco", ALL_FILE)) as f:
+            coco = json.load(f)
+    boxes = {a["image_id"]: a["bbox"] for a in coco["annotations"]}
+    entries = []
+    for image in coco["images"]:
+        box = boxes.get(image["id"])
+        entries.append({
+            "fname": posixpath.basename(image["file_name"]),
+            "path": os.path.join(root, image["file_name"]),
+            "nt": None if box is None else (box[0], box[1], box[0] + box[2], box[1] + box[3]),
+        })
+    return entries, report["rows_invalid"]
 
 
 def measure(entries, rng: np.random.Generator):
