@@ -18,7 +18,6 @@ import os
 import time
 
 import cv2
-import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
@@ -108,7 +107,6 @@ def main():
     args = parse_args()
     setup_logger(name="voting_det")
     setup_logger()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     start = time.perf_counter()
     make_data(args)
 

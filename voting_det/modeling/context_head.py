@@ -112,20 +112,20 @@ class ContextHead(nn.Module):
             ``pred_boxes`` x_G ``(R, 4)``.
         """
         proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals])
+        num_per_image = [len(p) for p in proposals]
         num_boxes = self.layout.shape[0]
         centres = (proposal_boxes[:, :2] + proposal_boxes[:, 2:]) / 2
+        # the layout is in units of each image's own size: one call per image
         context_boxes = cat(
-            [
-                place_context_boxes(c, p.image_size, self.layout)
-                for c, p in zip(centres.split([len(p) for p in proposals]), proposals)
-            ]
+            [place_context_boxes(c, p.image_size, self.layout) for c, p in zip(centres.split(num_per_image), proposals)]
         )
         unions = union_box(context_boxes)
-        pooled = self.union_pooler([feature], [Boxes(u) for u in unions.split([len(p) for p in proposals])])
+        pooled = self.union_pooler([feature], [Boxes(u) for u in unions.split(num_per_image)])
         offsets = self.offset_pred(self.fc_g1(pooled)).view(-1, num_boxes, 2)
         deformed = deform_boxes(context_boxes, offsets, self.deform_gamma)
-        batch_index = cat(
-            [torch.full((len(p) * num_boxes,), i, dtype=torch.int64, device=feature.device) for i, p in enumerate(proposals)]
+        batch_index = torch.repeat_interleave(
+            torch.arange(len(proposals), device=feature.device),
+            torch.tensor(num_per_image, device=feature.device) * num_boxes,
         )
         crops = sample_boxes_bilinear(
             feature, deformed.reshape(-1, 4), batch_index, self.box_resolution, self.spatial_scale
