@@ -46,6 +46,19 @@ def add_voting_config(cfg: CN) -> None:
     cfg.SOLVER.VOTING_LR_FACTOR = 1.0
     _add_voting_model_config(cfg)
     _add_context_config(cfg)
+    _add_eval_config(cfg)
+
+
+def _add_eval_config(cfg: CN) -> None:
+    # voting_det.evaluation.NTEvaluator (METHOD.md section 5), used for every config.
+    cfg.TEST.NT_EVAL = CN()
+    # Detections per image pooled in the paper-style AUC / SEN / SPE.
+    cfg.TEST.NT_EVAL.TOP_N = 10
+    # Top-1 score threshold of the LROC SEN / SPE (sets with negative images); the
+    # benchmark tables choose it on the validation split instead.
+    cfg.TEST.NT_EVAL.LROC_THRESHOLD = 0.5
+    # Bootstrap resamples over images for the 95% intervals (0 disables them).
+    cfg.TEST.NT_EVAL.NUM_BOOTSTRAP = 1000
 
 
 def _add_input_config(cfg: CN) -> None:
@@ -156,6 +169,10 @@ def _fail(key: str, message: str) -> None:
 def validate_voting_config(cfg: CN) -> None:
     """Check voting_det's keys of a merged config; raise naming the bad key."""
     v, c = cfg.MODEL.VOTING, cfg.MODEL.CONTEXT
+    if cfg.TEST.NT_EVAL.TOP_N < 1:
+        _fail("TEST.NT_EVAL.TOP_N", f"must be >= 1, got {cfg.TEST.NT_EVAL.TOP_N}")
+    if cfg.TEST.NT_EVAL.NUM_BOOTSTRAP < 0:
+        _fail("TEST.NT_EVAL.NUM_BOOTSTRAP", f"must be >= 0, got {cfg.TEST.NT_EVAL.NUM_BOOTSTRAP}")
     if v.NUM_PRIMITIVES < 1:
         _fail("MODEL.VOTING.NUM_PRIMITIVES", f"K must be >= 1, got {v.NUM_PRIMITIVES}")
     if not v.LEVELS:

@@ -13,6 +13,7 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from ..data import NT_EVALUATOR_TYPE, build_ultrasound_mapper
+from ..evaluation import NTEvaluator, test_settings
 
 __all__ = ["Trainer", "build_nt_evaluator", "detectron2_has_compiled_ops"]
 
@@ -31,7 +32,10 @@ def detectron2_has_compiled_ops() -> bool:
 
 
 def build_nt_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluators:
-    """The evaluators for ``dataset_name``: COCO AP/AP50 for every set."""
+    """The evaluators for ``dataset_name``: COCO AP/AP50 (detectron2's
+    COCOEvaluator, pycocotools' implementation when detectron2's ``_C`` is
+    missing) and the NT metrics (:class:`NTEvaluator`), with the test settings
+    of ``cfg`` recorded."""
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
     if evaluator_type not in (NT_EVALUATOR_TYPE, "coco"):
         raise ValueError(
@@ -45,7 +49,16 @@ def build_nt_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvalua
         output_dir=output_dir,
         use_fast_impl=detectron2_has_compiled_ops(),
     )
-    return DatasetEvaluators([coco])
+    nt = NTEvaluator(
+        dataset_name,
+        settings=test_settings(cfg, top_n=cfg.TEST.NT_EVAL.TOP_N),
+        output_dir=output_dir,
+        distributed=True,
+        top_n=cfg.TEST.NT_EVAL.TOP_N,
+        lroc_threshold=cfg.TEST.NT_EVAL.LROC_THRESHOLD,
+        num_bootstrap=cfg.TEST.NT_EVAL.NUM_BOOTSTRAP,
+    )
+    return DatasetEvaluators([coco, nt])
 
 
 class Trainer(DefaultTrainer):

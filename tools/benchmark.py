@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Cross-validate methods (the paper's Tables 1 to 3) and tabulate them.
+
+    python tools/benchmark.py --profile cpu --folds 0 --methods table1-r18
+    python tools/benchmark.py --profile cpu --folds 0 1 2 --methods table1
+    python tools/benchmark.py --profile cpu --tabulate-only --out benchmarks/results/table1_cpu_real
+
+Runs are resumable: rerun the same command after an interruption. Methods:
+names from voting_det.evaluation.benchmark.METHODS, or the groups table1,
+table1-r18 (Table 1 without the R50 rows), ablations (Tables 2 and 3).
+Profiles (--list shows them) are documented config overrides applied to every row.
+"""
+import argparse
+import os
+import sys
+
+from voting_det.evaluation.benchmark import ABLATIONS, METHODS, PROFILES, TABLE1, plan_runs, run_all
+
+GROUPS = {
+    "table1": list(TABLE1),
+    "table1-r18": [m for m in TABLE1 if not m.endswith("R50")],
+    "ablations": list(ABLATIONS),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="cpu", help=f"one of {sorted(PROFILES)}")
+    p.add_argument("--dataset", default=None, help="registered set prefix; default: the profile's")
+    p.add_argument("--methods", nargs="+", default=["table1-r18"], help="method names or groups " + ", ".join(GROUPS))
+    p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--root", default="output/benchmark", help="folder of the runs")
+    p.add_argument("--out", default=None, help="write the tables, plots and manifest here (default: only print)")
+    p.add_argument("--tabulate-only", action="store_true", help="do not train: tabulate the finished runs")
+    p.add_argument("--list", action="store_true", help="list methods and profiles, then exit")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="extra overrides for every run, KEY VALUE ... (recorded)")
+    return p.parse_args(argv)
+
+
+def expand(methods):
+    out = []
+    for m in methods:
+        for name in GROUPS.get(m, [m]):
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.list:
+        for name, m in METHODS.items():
+            print(f"{name:18s} table {m.table}  {m.config}{'  (two-stage)' if m.two_stage else ''}  {' '.join(m.opts)}")
+        for name, p in PROFILES.items():
+            print(f"\nprofile {name} (data set {p.dataset}): {p.doc}\n  {' '.join(p.opts)}")
+        return 0
+    try:
+        runs = plan_runs(expand(args.methods), args.folds, args.profile, args.root, args.dataset, args.opts)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.tabulate_only:
+        run_all(runs)
+    from voting_det.evaluation.tables import tabulate
+
+    tabulate(runs, out_dir=args.out, command=" ".join(["python", "tools/benchmark.py"] + (argv or sys.argv[1:])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""Cross-validation runner of the paper's Tables 1 to 3 (METHOD.md section 6).
+
+A *method* is one row: a config (detectron2's built-in detectors through our
+``configs/nt_*`` files, or voting_det's), or Proposed's two-stage protocol, plus
+the overrides of an ablation. A *profile* is a set of config overrides applied
+identically to every row (input size, schedule, loader), documented in
+:data:`PROFILES`. Each (method, fold) run is a folder::
+
+    <root>/<profile>/<dataset>/<method>/fold<k>/
+        run_config.yaml      the frozen config(s) of the run (checked on resume)
+        train/ or stage1_lcf/, stage2_voting/   detectron2's output folders
+        eval/inference/<dataset>_fold<k>_{val,test}/nt_metrics.json, nt_detections.json, ...
+        run.json             written last: status, wall time, commit, machine
+
+Every step runs in a subprocess (``tools/train_net.py`` / ``tools/train_voting.py``
+with ``--resume``), so an interrupted benchmark continues where it stopped: a run
+with ``run.json`` is skipped, an unfinished one continues from its last checkpoint.
+"""
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["METHODS", "PROFILES", "Method", "Run", "plan_runs", "run_all", "repo_root"]
+
+NUM_FOLDS = 3
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config: str  # the config of its (last) stage, relative to the repository root
+    two_stage: bool = False  # Proposed: stage 1 = LCF, stage 2 = this config from it
+    opts: Tuple[str, ...] = ()  # the row's own overrides (ablations)
+    table: str = "1"  # the paper's table it belongs to
+    label: str = ""
+
+
+def _ablation(name, key, value, table):
+    return Method(f"proposed_{name}", "configs/nt_voting.yaml", True, (key, str(value)), table,
+                  f"Proposed, {name[0]} = {value}")
+
+
+METHODS: Dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method("faster_rcnn_R18", "configs/nt_faster_rcnn_R18.yaml", label="Faster R-CNN C4, R18 (detectron2)"),
+        Method("fpn_R18", "configs/nt_fpn_R18.yaml", label="FPN, R18 (detectron2)"),
+        Method("faster_rcnn_R50", "configs/nt_faster_rcnn_R50.yaml", label="Faster R-CNN C4, R50 (detectron2)"),
+        Method("fpn_R50", "configs/nt_fpn_R50.yaml", label="FPN, R50 (detectron2)"),
+        Method("ls", "configs/nt_ls.yaml", label="LS (voting_det)"),
+        Method("lcf", "configs/nt_lcf.yaml", label="LCF (voting_det)"),
+        Method("proposed", "configs/nt_voting.yaml", True, label="Proposed (voting_det)"),
+    ]
+    + [_ablation(f"K{k}", "MODEL.VOTING.NUM_PRIMITIVES", k, "2") for k in (32, 64, 256)]
+    + [_ablation(f"O{o}", "MODEL.CONTEXT.NUM_BOXES", o, "3") for o in (2, 6)]
+}
+# The default Proposed is K = 128, O = 4: its row is also the K = 128 / O = 4 ablation row.
+TABLE1 = ("faster_rcnn_R18", "fpn_R18", "ls", "lcf", "proposed", "faster_rcnn_R50", "fpn_R50")
+ABLATIONS = ("proposed_K32", "proposed_K64", "proposed", "proposed_K256", "proposed_O2", "proposed_O6")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    dataset: str
+    opts: Tuple[str, ...]
+    doc: str
+    minutes_per_run: float = 60.0  # a rough guess for the first ETA, replaced by measured times
+
+
+def _schedule(iters, steps, batch, warmup, checkpoint):
+    return ("SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(tuple(steps)), "SOLVER.IMS_PER_BATCH", str(batch),
+            "SOLVER.WARMUP_ITERS", str(warmup), "SOLVER.CHECKPOINT_PERIOD", str(checkpoint), "TEST.EVAL_PERIOD", "0")
+
+
+PROFILES: Dict[str, Profile] = {
+    p.name: p
+    for p in [
+        Profile(
+            "cpu", "nt_real",
+            ("INPUT.MIN_SIZE_TRAIN", "(480,)", "INPUT.MIN_SIZE_TEST", "480", "INPUT.MAX_SIZE_TRAIN", "1024",
+             "INPUT.MAX_SIZE_TEST", "1024", "DATALOADER.NUM_WORKERS", "1", "MODEL.DEVICE", "cpu")
+            + _schedule(600, (450,), 2, 50, 100),
+            "the real set at native resolution (short edge 480, i.e. about 1:1 for its 640x450 to 680x495 "
+            "images); 600 iterations of 2 images (about 3 epochs of a fold's 405 training images), LR x0.1 "
+            "at 450; Adam 1e-4 (Base-NT-Common). On a 2-core CPU one run takes about 20 min (LS) to 60 min "
+            "(FPN R18).",
+            45.0,
+        ),
+        Profile(
+            "cpu-synthetic", "nt",
+            ("INPUT.MIN_SIZE_TRAIN", "(576,)", "INPUT.MIN_SIZE_TEST", "576", "INPUT.MAX_SIZE_TRAIN", "1024",
+             "INPUT.MAX_SIZE_TEST", "1024", "DATALOADER.NUM_WORKERS", "1", "MODEL.DEVICE", "cpu")
+            + _schedule(600, (450,), 2, 50, 100),
+            "the built-in synthetic set (make demo's: 400 images, seed 0) at its native 576x768, the cpu "
+            "schedule.",
+            60.0,
+        ),
+        Profile(
+            "gpu", "nt_real",
+            ("INPUT.MIN_SIZE_TRAIN", "(576,)", "INPUT.MIN_SIZE_TEST", "576", "INPUT.MAX_SIZE_TRAIN", "1024",
+             "INPUT.MAX_SIZE_TEST", "1024", "DATALOADER.NUM_WORKERS", "4")
+            + _schedule(1530, (510, 1020), 8, 100, 250),
+            "the paper's setting: 576 short edge (576x768 for 3:4 images), Adam 1e-4, 8 images per "
+            "iteration, 30 epochs of 405 images (1530 iterations), LR x0.1 every 10 epochs (at 510 and 1020).",
+            20.0,
+        ),
+        Profile(
+            "smoke", "nt",
+            ("INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TRAIN", "256",
+             "INPUT.MAX_SIZE_TEST", "256", "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu",
+             "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50", "MODEL.RPN.POST_NMS_TOPK_TEST", "20",
+             "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16", "TEST.NT_EVAL.NUM_BOOTSTRAP", "50")
+            + _schedule(4, (3,), 1, 0, 100000),
+            "a few iterations on small images, to test the runner.",
+            1.0,
+        ),
+    ]
+}
+
+
+def repo_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclass
+class Run:
+    method: Method
+    fold: int
+    profile: Profile
+    dataset: str
+    root: str
+    extra_opts: Tuple[str, ...] = ()
+    folder: str = field(init=False)
+
+    def __post_init__(self):
+        self.folder = os.path.join(self.root, self.profile.name, self.dataset, self.method.name, f"fold{self.fold}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.method.name}/fold{self.fold}"
+
+    def split(self, split: str) -> str:
+        return f"{self.dataset}_fold{self.fold}_{split}"
+
+    def opts(self) -> List[str]:
+        return (["DATASETS.TRAIN", f"('{self.split('train')}',)", "DATASETS.TEST", "()"]
+                + list(self.profile.opts) + list(self.method.opts) + list(self.extra_opts))
+
+    @property
+    def done_file(self) -> str:
+        return os.path.join(self.folder, "run.json")
+
+    def finished(self) -> bool:
+        return os.path.isfile(self.done_file)
+
+    def eval_dir(self, split: str) -> str:
+        return os.path.join(self.folder, "eval", "inference", self.split(split))
+
+    def train_dirs(self) -> List[str]:
+        if self.method.two_stage:
+            return [os.path.join(self.folder, "stage1_lcf"), os.path.join(self.folder, "stage2_voting")]
+        return [os.path.join(self.folder, "train")]
+
+    def final_weights(self) -> str:
+        return os.path.join(self.train_dirs()[-1], "model_final.pth")
+
+    def frozen_configs(self) -> str:
+        """The dump of the run's merged config(s), as training will use them."""
+        from detectron2.config import get_cfg
+
+        from ..config import add_voting_config, merge_config_file, resolve_device
+        from ..engine.two_stage import stage_configs
+
+        root = repo_root()
+        if self.method.two_stage:
+            s1, s2 = stage_configs(os.path.join(root, "configs/nt_lcf.yaml"), os.path.join(root, self.method.config),
+                                   self.folder, self.opts())
+            return "# stage 1\n" + s1.dump() + "# stage 2\n" + s2.dump()
+        cfg = get_cfg()
+        add_voting_config(cfg)
+        merge_config_file(cfg, os.path.join(root, self.method.config))
+        cfg.merge_from_list(self.opts() + ["OUTPUT_DIR", self.train_dirs()[0]])
+        resolve_device(cfg)
+        return cfg.dump()
+
+    def commands(self) -> List[List[str]]:
+        root, py = repo_root(), sys.executable
+        if self.method.two_stage:
+            train = [py, os.path.join(root, "tools/train_voting.py"), "--dataset", self.dataset, "--fold", str(self.fold),
+                     "--voting-config", os.path.join(root, self.method.config), "--lcf-config",
+                     os.path.join(root, "configs/nt_lcf.yaml"), "--output-dir", self.folder, *self.opts()]
+            eval_config = os.path.join(self.train_dirs()[-1], "config.yaml")
+        else:
+            train = [py, os.path.join(root, "tools/train_net.py"), "--config-file", os.path.join(root, self.method.config),
+                     "--resume", *self.opts(), "OUTPUT_DIR", self.train_dirs()[0]]
+            eval_config = os.path.join(self.train_dirs()[0], "config.yaml")
+        evaluate = [py, os.path.join(root, "tools/train_net.py"), "--config-file", eval_config, "--eval-only",
+                    "MODEL.WEIGHTS", self.final_weights(), "DATASETS.TEST", f"('{self.split('val')}', '{self.split('test')}')",
+                    "OUTPUT_DIR", os.path.join(self.folder, "eval")]
+        return [train, evaluate]
+
+
+def plan_runs(methods: Sequence[str], folds: Sequence[int], profile: str, root: str, dataset: Optional[str] = None,
+              extra_opts: Sequence[str] = ()) -> List[Run]:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: {sorted(METHODS)}")
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
+    bad = [f for f in folds if not 0 <= f < NUM_FOLDS]
+    if bad:
+        raise ValueError(f"folds must be in 0..{NUM_FOLDS - 1}, got {bad}")
+    p = PROFILES[profile]
+    # fold-major: every method of fold 0 first, so a first complete table exists early
+    return [Run(METHODS[m], f, p, dataset or p.dataset, root, tuple(extra_opts)) for f in folds for m in methods]
+
+
+def _git_commit(root: str) -> str:
+    try:
+        out = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return out + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> str:
+    import torch
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, {dev}, threads {torch.get_num_threads()}"
+
+
+def _check_or_record_config(run: Run) -> str:
+    text = run.frozen_configs()
+    path = os.path.join(run.folder, "run_config.yaml")
+    if os.path.isfile(path):
+        with open(path) as f:
+            if f.read() != text:
+                raise ValueError(
+                    f"{run.folder} holds a run with another config ({path}); resuming would mix two runs. Move that "
+                    "folder away (or use another --root) to start this one; nothing was changed"
+                )
+    else:
+        os.makedirs(run.folder, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_one(run: Run, log=print) -> dict:
+    """Train (resuming), evaluate on val and test, write ``run.json``."""
+    config_hash = _check_or_record_config(run)
+    start = time.time()
+    log_path = os.path.join(run.folder, "log.txt")
+    env = dict(os.environ)
+    env.setdefault("PYTHONPATH", repo_root())
+    for step, cmd in zip(("train", "evaluate"), run.commands()):
+        if step == "train" and os.path.isfile(run.final_weights()):
+            continue
+        with open(log_path, "a") as logf:
+            logf.write(f"\n$ {' '.join(cmd)}\n")
+            logf.flush()
+            proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=repo_root())
+        if proc.returncode != 0:
+            raise RuntimeError(f"{run.name}: {step} failed (exit {proc.returncode}); see {log_path}")
+    elapsed = time.time() - start
+    previous = 0.0
+    partial = os.path.join(run.folder, "wall_seconds.json")
+    if os.path.isfile(partial):
+        with open(partial) as f:
+            previous = json.load(f).get("seconds", 0.0)
+    info = {
+        "method": run.method.name, "fold": run.fold, "profile": run.profile.name, "dataset": run.dataset,
+        "opts": run.opts(), "config_sha256_16": config_hash, "commit": _git_commit(repo_root()),
+        "machine": machine(), "wall_seconds": round(previous + elapsed, 1),
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "metrics": {split: os.path.relpath(os.path.join(run.eval_dir(split), "nt_metrics.json"), run.folder)
+                    for split in ("val", "test")},
+    }
+    with open(run.done_file + ".tmp", "w") as f:
+        json.dump(info, f, indent=1)
+    os.replace(run.done_file + ".tmp", run.done_file)
+    return info
+
+
+def run_all(runs: Sequence[Run], log=print) -> List[dict]:
+    """Run every unfinished run in order, printing progress and an ETA."""
+    done_times = []
+    infos = []
+    todo = [r for r in runs if not r.finished()]
+    log(f"{len(runs)} runs, {len(runs) - len(todo)} already finished")
+    for i, run in enumerate(todo, 1):
+        per = (sum(done_times) / len(done_times)) if done_times else run.profile.minutes_per_run * 60
+        log(f"[{i}/{len(todo)}] {run.name} ({run.profile.name}, {run.dataset}) -> {run.folder}; "
+            f"ETA for the rest about {per * (len(todo) - i + 1) / 60:.0f} min")
+        t = time.time()
+        try:
+            infos.append(run_one(run, log))
+        finally:
+            # keep the time spent on an interrupted run for its final wall time
+            os.makedirs(run.folder, exist_ok=True)
+            spent = time.time() - t
+            partial = os.path.join(run.folder, "wall_seconds.json")
+            if not run.finished():
+                old = json.load(open(partial)).get("seconds", 0.0) if os.path.isfile(partial) else 0.0
+                with open(partial, "w") as f:
+                    json.dump({"seconds": old + spent}, f)
+        done_times.append(time.time() - t)
+        log(f"    finished in {done_times[-1] / 60:.1f} min")
+    return infos
