@@ -7,7 +7,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 
-.PHONY: help setup demo test test-fast synthetic convert-real clean-demo
+.PHONY: help setup demo test test-fast synthetic convert-real clean-demo benchmark benchmark-synthetic ablations tables synthetic-data
 
 help:
 	@echo "make demo          set up, then generate synthetic NT data, train LCF then Proposed, evaluate, draw predictions"
@@ -15,6 +15,10 @@ help:
 	@echo "make setup         only create/update $(VENV)"
 	@echo "make synthetic     (re)measure the synthetic set against the real one (needs ../shared/data)"
 	@echo "make convert-real  convert the real development data (../shared/data/fetus_framework_nt) to datasets/nt_real"
+	@echo "make benchmark     Table 1 on the real data, cpu profile, 3 folds (hours; resumable: rerun to continue)"
+	@echo "make ablations     Tables 2 and 3 (K, O) on the real data, cpu profile, fold 0"
+	@echo "make benchmark-synthetic  Table 1 on the built-in synthetic set (make demo's: 240 images, seed 0)"
+	@echo "make tables        rewrite the committed tables from the finished runs (no training)"
 
 setup:
 	@VENV=$(VENV) PYTHON=$(PYTHON) bash tools/install.sh
@@ -34,3 +38,30 @@ synthetic: setup
 	test -f $(DETECTRON2_DATASETS)/nt_synthetic_300/ObjectDetection.xlsx || \
 	  $(PY) tools/make_synthetic_nt.py --out $(DETECTRON2_DATASETS)/nt_synthetic_300 --num 300 --seed 0 --workers 2
 	$(PY) tools/measure_synthetic.py --synthetic $(DETECTRON2_DATASETS)/nt_synthetic_300 --real "$(REAL_NT)" --out benchmarks/results
+
+# ---- Long runs (never part of the tests). Resumable: rerun the same target to continue.
+BENCH_FOLDS   ?= 0 1 2
+BENCH_METHODS ?= table1
+BENCH_ROOT    ?= output/benchmark
+RESULTS       := benchmarks/results
+
+$(DETECTRON2_DATASETS)/nt_real/all.json:
+	$(MAKE) convert-real
+
+# make demo's synthetic set: 240 images, seed 0, 576x768, 3 folds
+synthetic-data: setup
+	test -f $(DETECTRON2_DATASETS)/nt/all.json || { \
+	  $(PY) tools/make_synthetic_nt.py --out $(DETECTRON2_DATASETS)/nt_synthetic --num 240 --seed 0 --workers 2 && \
+	  $(PY) tools/convert_fetus_framework.py --root $(DETECTRON2_DATASETS)/nt_synthetic --out $(DETECTRON2_DATASETS)/nt; }
+
+benchmark: setup $(DETECTRON2_DATASETS)/nt_real/all.json
+	$(PY) tools/benchmark.py --profile cpu --folds $(BENCH_FOLDS) --methods $(BENCH_METHODS) --root $(BENCH_ROOT) --out $(RESULTS)/table1_cpu_real
+
+ablations: setup $(DETECTRON2_DATASETS)/nt_real/all.json
+	$(PY) tools/benchmark.py --profile cpu --folds 0 --methods ablations --root $(BENCH_ROOT) --out $(RESULTS)/ablations_cpu_real_fold0
+
+benchmark-synthetic: synthetic-data
+	$(PY) tools/benchmark.py --profile cpu-synthetic --folds $(BENCH_FOLDS) --methods $(BENCH_METHODS) --root $(BENCH_ROOT) --out $(RESULTS)/table1_cpu_synthetic
+
+tables: setup
+	$(PY) tools/benchmark.py --profile cpu --folds $(BENCH_FOLDS) --methods table1 --root $(BENCH_ROOT) --tabulate-only --out $(RESULTS)/table1_cpu_real

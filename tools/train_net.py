@@ -5,9 +5,13 @@ the NT data sets, in detectron2's standard form.
     python tools/train_net.py --config-file configs/... [--eval-only] [--resume] \
         [--num-gpus N] [KEY VALUE ...]
 """
+import json
+import os
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
 
 import voting_det  # noqa: F401  (registers the data sets)
 from voting_det import add_voting_config
@@ -31,7 +35,14 @@ def main(args):
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return Trainer.test(cfg, model)
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            # every evaluator's numbers (COCO AP included) in one file next to the NT evaluator's
+            path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
+            with open(path + ".tmp", "w") as f:
+                json.dump(results, f, indent=1, default=float)
+            os.replace(path + ".tmp", path)
+        return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

@@ -1,3 +1,229 @@
-"""placeholder replaced below"""
-def tabulate(runs, out_dir=None, command=""):
-    print("tabulate: not written yet")
+"""Tables 1 to 3 from finished benchmark runs (:mod:`.benchmark`).
+
+Everything is recomputed from the runs' ``nt_detections.json`` files:
+
+- per run: the LROC threshold is chosen on the run's validation split (sets with
+  negatives), then the test metrics are computed with it;
+- per method: mean and std over the finished folds (the paper's layout), and
+  the test images of all its folds pooled (each image is tested once in the
+  cross-validation) for 95% bootstrap intervals;
+- paired differences: Proposed (or the first voting_det row) minus every other
+  row, by paired bootstrap over the images both have been tested on.
+
+Runs evaluated with different test settings are refused
+(:func:`..evaluator.check_same_settings`).
+"""
+import csv
+import json
+import os
+import time
+from collections import OrderedDict
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from . import metrics as M
+from .evaluator import check_same_settings, load_records
+
+__all__ = ["tabulate", "collect"]
+
+COLUMNS = [
+    ("paper_auc", "AUC"), ("paper_spe", "SPE"), ("paper_sen", "SEN"), ("AP50", "AP50"), ("AP", "AP"),
+    ("top1_acc", "top-1 acc"), ("mean_iou", "mean IoU"), ("froc_mean", "FROC mean"),
+    ("lroc_auc", "LROC AUC"), ("lroc_sen", "LROC SEN"), ("lroc_spe", "LROC SPE"),
+]
+PAIRED_KEYS = ("paper_auc", "paper_sen", "paper_spe", "top1_acc", "mean_iou", "lroc_auc")
+
+
+def _eval_results(run, split: str) -> dict:
+    path = os.path.join(run.folder, "eval", "eval_results.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        results = json.load(f)
+    name = run.split(split)
+    return results.get(name, results if "bbox" in results else {})
+
+
+def collect(runs) -> Dict[str, dict]:
+    """method -> {"runs": [...], "folds": {fold: {...}}} for the finished runs."""
+    out: Dict[str, dict] = OrderedDict()
+    for run in runs:
+        if not run.finished():
+            continue
+        with open(run.done_file) as f:
+            info = json.load(f)
+        ds_test, settings, test_records = load_records(os.path.join(run.eval_dir("test"), "nt_detections.json"))
+        _, val_settings, val_records = load_records(os.path.join(run.eval_dir("val"), "nt_detections.json"))
+        test_stats = M.analyse(test_records, iou=settings["match_iou"], top_n=settings["paper_top_n"])
+        val_stats = M.analyse(val_records, iou=settings["match_iou"], top_n=settings["paper_top_n"])
+        threshold = M.choose_threshold(val_stats) if (~val_stats.positive).any() else None
+        metrics = M.summarise(test_stats, threshold=threshold)
+        bbox = _eval_results(run, "test").get("bbox", {})
+        metrics["AP"], metrics["AP50"] = bbox.get("AP", float("nan")), bbox.get("AP50", float("nan"))
+        entry = out.setdefault(run.method.name, {"method": run.method, "folds": OrderedDict()})
+        entry["folds"][run.fold] = {"metrics": metrics, "settings": settings, "val_settings": val_settings,
+                                    "records": test_records, "threshold": threshold, "info": info}
+    return out
+
+
+def _fmt(v, digits=1):
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _digits(key):
+    return 3 if key == "mean_iou" else 1
+
+
+def _pooled(entry, folds=None):
+    folds = sorted(entry["folds"]) if folds is None else folds
+    records = [r for f in folds for r in entry["folds"][f]["records"]]
+    return records, folds
+
+
+def tabulate(runs, out_dir: Optional[str] = None, command: str = "", num_bootstrap: int = 1000) -> Optional[str]:
+    """Print (and with ``out_dir`` write) the tables of the finished ``runs``:
+    ``table.md``, ``table.csv``, ``roc.png``, ``manifest.json``."""
+    data = collect(runs)
+    if not data:
+        print("no finished runs to tabulate")
+        return None
+    settings = {f"{m}/fold{f}[{split}]": d[key]
+                for m, e in data.items() for f, d in e["folds"].items()
+                for split, key in (("test", "settings"), ("val", "val_settings"))}
+    common = check_same_settings(settings)
+    profile, dataset = runs[0].profile, runs[0].dataset
+    lines = [f"# Cross-validation on `{dataset}`, profile `{profile.name}`", ""]
+    lines += [f"Command: `{command}`", "", f"Profile `{profile.name}`: {profile.doc}", "",
+              "Test settings (identical for every row): " + ", ".join(f"`{k}={v}`" for k, v in common.items()), ""]
+    # Table: mean ± std over folds
+    header = ["method", "folds"] + [label for _, label in COLUMNS]
+    rows_csv = []
+    lines += ["## Mean ± std over folds (test splits; %, mean IoU in [0, 1])", "",
+              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, e in data.items():
+        folds = sorted(e["folds"])
+        cells = [e["method"].label or name, ",".join(map(str, folds))]
+        row = {"method": name, "folds": " ".join(map(str, folds))}
+        for key, label in COLUMNS:
+            vals = np.array([e["folds"][f]["metrics"].get(key, np.nan) for f in folds], dtype=float)
+            if not np.isfinite(vals).any():
+                cells.append("n/a")
+                continue
+            mean = float(np.nanmean(vals))
+            std = float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else float("nan")
+            cells.append(_fmt(mean, _digits(key)) + ("" if not np.isfinite(std) else f" ± {_fmt(std, _digits(key))}"))
+            row[key + "_mean"], row[key + "_std"] = mean, std
+        lines.append("| " + " | ".join(cells) + " |")
+        rows_csv.append(row)
+    # Pooled bootstrap intervals
+    lines += ["", f"## Test images of the finished folds pooled: point estimate [95% bootstrap interval, {num_bootstrap} resamples over images]", ""]
+    keys = [k for k in ("paper_auc", "paper_spe", "paper_sen", "top1_acc", "mean_iou", "lroc_auc") ]
+    lines += ["| method | images | " + " | ".join(dict(COLUMNS)[k] for k in keys) + " |", "|" + "---|" * (len(keys) + 2)]
+    pooled_stats = {}
+    for name, e in data.items():
+        records, folds = _pooled(e)
+        stats = M.analyse(records, iou=common["match_iou"], top_n=common["paper_top_n"])
+        pooled_stats[name] = (stats, folds, records)
+        point = M.summarise(stats)
+        ci = M.bootstrap(stats, num=num_bootstrap)
+        cells = []
+        for k in keys:
+            if k not in point or not np.isfinite(point[k]):
+                cells.append("n/a")
+            else:
+                lo, hi = ci.get(k, (np.nan, np.nan))
+                d = _digits(k)
+                cells.append(f"{_fmt(point[k], d)} [{_fmt(lo, d)}, {_fmt(hi, d)}]")
+        lines.append(f"| {e['method'].label or name} | {len(records)} | " + " | ".join(cells) + " |")
+    # Paired differences against the reference voting_det row
+    ref = next((m for m in ("proposed", "lcf", "ls") if m in data), None)
+    if ref is not None and len(data) > 1:
+        lines += ["", f"## Paired differences: {data[ref]['method'].label or ref} minus each row "
+                      "(same test images; [95% interval]; P = share of resamples where the difference is <= 0)", ""]
+        lines += ["| row | images | " + " | ".join(dict(COLUMNS)[k] for k in PAIRED_KEYS) + " |",
+                  "|" + "---|" * (len(PAIRED_KEYS) + 2)]
+        for name, e in data.items():
+            if name == ref:
+                continue
+            folds = sorted(set(e["folds"]) & set(data[ref]["folds"]))
+            if not folds:
+                continue
+            a_rec, _ = _pooled(data[ref], folds)
+            b_rec, _ = _pooled(e, folds)
+            ida, idb = [r["image_id"] for r in a_rec], [r["image_id"] for r in b_rec]
+            order = {i: k for k, i in enumerate(idb)}
+            if sorted(map(str, ida)) != sorted(map(str, idb)):
+                lines.append(f"| {name} | - | test images differ: not paired |")
+                continue
+            b_rec = [b_rec[order[i]] for i in ida]
+            sa = M.analyse(a_rec, iou=common["match_iou"], top_n=common["paper_top_n"])
+            sb = M.analyse(b_rec, iou=common["match_iou"], top_n=common["paper_top_n"])
+            diff = M.paired_bootstrap(sa, sb, num=num_bootstrap)
+            cells = []
+            for k in PAIRED_KEYS:
+                if k not in diff:
+                    cells.append("n/a")
+                    continue
+                d = _digits(k)
+                x = diff[k]
+                cells.append(f"{x['diff']:+.{d}f} [{x['low']:+.{d}f}, {x['high']:+.{d}f}] P={x['p_le_0']:.2f}")
+            lines.append(f"| {e['method'].label or name} | {len(a_rec)} | " + " | ".join(cells) + " |")
+    # Manifest
+    manifest = {
+        "command": command, "profile": profile.name, "profile_opts": list(profile.opts), "dataset": dataset,
+        "written_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "runs": [dict(d["info"], lroc_threshold_from_val=d["threshold"]) for e in data.values() for d in e["folds"].values()],
+    }
+    total = sum(r["wall_seconds"] for r in manifest["runs"])
+    manifest["total_wall_seconds"] = round(total, 1)
+    lines += ["", f"Total wall time of these runs: {total / 3600:.2f} h. Per run (min): "
+              + ", ".join(f"{r['method']}/fold{r['fold']} {r['wall_seconds'] / 60:.0f}" for r in manifest["runs"])
+              + f". Machine: {manifest['runs'][0]['machine']}. Commits: "
+              + ", ".join(sorted({r["commit"][:7] + ("-dirty" if r["commit"].endswith("-dirty") else "") for r in manifest["runs"]})) + "."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "table.md"), "w") as f:
+            f.write(text)
+        with open(os.path.join(out_dir, "table.csv"), "w", newline="") as f:
+            fields = sorted({k for r in rows_csv for k in r}, key=lambda k: (k not in ("method", "folds"), k))
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows_csv)
+        with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=1)
+        _plot(pooled_stats, data, os.path.join(out_dir, "roc.png"), dataset)
+    return text
+
+
+def _plot(pooled_stats, data, path, dataset):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    has_neg = any((~s.positive).any() for s, _, _ in pooled_stats.values())
+    ncols = 3 if has_neg else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.6))
+    for name, (s, folds, _) in pooled_stats.items():
+        label = f"{data[name]['method'].label or name} (folds {','.join(map(str, folds))})"
+        x, y = M.paper_roc_curve(s)
+        axes[0].plot(x, y, label=label)
+        fppi, sens = M.froc_curve(s)
+        axes[1].plot(fppi, sens, label=label)
+        if has_neg:
+            lx, ly, _ = M.lroc_curve(s)
+            axes[2].plot(lx, ly, label=label)
+    axes[0].set(title="Paper-style ROC (top-10 pool)", xlabel="false-positive rate (%)", ylabel="true-positive rate (%)")
+    axes[1].set(title="FROC", xlabel="false positives per image", ylabel="sensitivity (%)", xscale="log", xlim=(0.1, 10))
+    if has_neg:
+        axes[2].set(title="LROC (top-1 per image)", xlabel="negatives with a detection (%)", ylabel="positives found (%)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{dataset}: test images of the finished folds pooled")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,95 @@
+"""The cross-validation runner: runs in subprocesses, resumes, refuses a folder
+of another config, tabulates, and refuses runs with different test settings."""
+import json
+import os
+
+import pytest
+
+from voting_det.data.fetus_framework import convert_fetus_framework
+from voting_det.data.synthetic import generate_synthetic_nt
+from voting_det.evaluation import SettingsMismatchError
+from voting_det.evaluation.benchmark import PROFILES, plan_runs, run_all, run_one
+from voting_det.evaluation.tables import tabulate
+
+TINY = ["INPUT.MIN_SIZE_TRAIN", "(144,)", "INPUT.MIN_SIZE_TEST", "144"]
+
+
+@pytest.fixture(scope="module")
+def datasets_root(tmp_path_factory):
+    """$DETECTRON2_DATASETS with a tiny synthetic set as the built-in ``nt``
+    (the runner's subprocesses register it from there)."""
+    root = tmp_path_factory.mktemp("bench_ds")
+    generate_synthetic_nt(str(root / "source"), 18, seed=5, size=(144, 192), workers=1, progress=False)
+    convert_fetus_framework(str(root / "source"), str(root / "nt"), structures=("NT",), folds=3, seed=0, progress=False)
+    return root
+
+
+def test_runner_trains_evaluates_resumes_and_tabulates(datasets_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(datasets_root))
+    runs = plan_runs(["ls"], [0], "smoke", str(tmp_path / "runs"), extra_opts=TINY)
+    messages = []
+    infos = run_all(runs, log=messages.append)
+    run = runs[0]
+    assert run.finished() and infos[0]["method"] == "ls" and infos[0]["wall_seconds"] > 0
+    for split in ("val", "test"):
+        metrics = json.load(open(os.path.join(run.eval_dir(split), "nt_metrics.json")))
+        assert metrics["dataset"] == f"nt_fold0_{split}" and "top1_acc" in metrics["metrics"]
+    results = json.load(open(os.path.join(run.folder, "eval", "eval_results.json")))
+    assert "AP50" in results["nt_fold0_test"]["bbox"] and "paper_auc" in results["nt_fold0_test"]["nt"]
+    assert any("[1/1] ls/fold0" in m for m in messages)
+
+    # a rerun skips the finished run
+    messages.clear()
+    assert run_all(runs, log=messages.append) == [] and "1 already finished" in messages[0]
+
+    # an interrupted run (trained, not evaluated) is evaluated without training again
+    os.remove(run.done_file)
+    weights_mtime = os.path.getmtime(run.final_weights())
+    run_one(run, log=lambda *_: None)
+    assert run.finished() and os.path.getmtime(run.final_weights()) == weights_mtime
+
+    # the same folder with another config is refused, nothing changed
+    other = plan_runs(["ls"], [0], "smoke", str(tmp_path / "runs"), extra_opts=TINY + ["SOLVER.BASE_LR", "0.5"])[0]
+    os.remove(run.done_file)
+    with pytest.raises(ValueError, match="holds a run with another config"):
+        run_one(other)
+    run_one(run, log=lambda *_: None)
+
+    out = tmp_path / "tables"
+    text = tabulate(runs, out_dir=str(out), command="test", num_bootstrap=20)
+    assert "| LS (voting_det) | 0 |" in text
+    for name in ("table.md", "table.csv", "manifest.json", "roc.png"):
+        assert (out / name).is_file()
+    manifest = json.load(open(out / "manifest.json"))
+    assert manifest["runs"][0]["config_sha256_16"] and manifest["profile"] == "smoke"
+
+    # a run evaluated with other test settings cannot share the table
+    path = os.path.join(run.eval_dir("test"), "nt_detections.json")
+    data = json.load(open(path))
+    data["settings"]["TEST.DETECTIONS_PER_IMAGE"] = 100
+    json.dump(data, open(path, "w"))
+    with pytest.raises(SettingsMismatchError, match="TEST.DETECTIONS_PER_IMAGE"):
+        tabulate(runs, num_bootstrap=5)
+
+
+def test_gpu_profile_runs_a_few_iterations_on_cpu(datasets_root, tmp_path, monkeypatch):
+    """The gpu profile (the paper's schedule at 576) builds and trains; only
+    the schedule length, batch and device are cut here."""
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(datasets_root))
+    assert "SOLVER.STEPS" in PROFILES["gpu"].opts
+    cut = ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "1", "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0",
+           "TEST.NT_EVAL.NUM_BOOTSTRAP", "0"]
+    run = plan_runs(["ls"], [0], "gpu", str(tmp_path / "runs"), dataset="nt", extra_opts=cut)[0]
+    frozen = run.frozen_configs()
+    assert "MIN_SIZE_TEST: 576" in frozen and "BASE_LR: 0.0001" in frozen and "- 1020" in frozen
+    run_one(run, log=lambda *_: None)
+    assert run.finished()
+
+
+def test_unknown_method_profile_or_fold_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown method"):
+        plan_runs(["yolo"], [0], "cpu", str(tmp_path))
+    with pytest.raises(ValueError, match="unknown profile"):
+        plan_runs(["ls"], [0], "tpu", str(tmp_path))
+    with pytest.raises(ValueError, match="folds must be in"):
+        plan_runs(["ls"], [3], "cpu", str(tmp_path))
