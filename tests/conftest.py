@@ -20,3 +20,14 @@ def tiny_nt_set(tmp_path_factory):
     prefix = "tiny_nt"
     register_nt_coco(prefix, str(coco))
     return prefix, source, coco
+
+
+@pytest.fixture(scope="session")
+def tiny_datasets_root(tmp_path_factory):
+    """A ``$DETECTRON2_DATASETS`` folder whose built-in ``nt`` set is a tiny
+    synthetic one, for tests that start ``tools/*.py`` in subprocesses (they
+    register the built-in sets from there)."""
+    root = tmp_path_factory.mktemp("tiny_datasets")
+    generate_synthetic_nt(str(root / "source"), TINY_NUM_IMAGES, seed=5, size=TINY_SIZE, workers=1, progress=False)
+    convert_fetus_framework(str(root / "source"), str(root / "nt"), structures=("NT",), folds=3, seed=0, progress=False)
+    return root

@@ -5,8 +5,6 @@ import os
 
 import pytest
 
-from voting_det.data.fetus_framework import convert_fetus_framework
-from voting_det.data.synthetic import generate_synthetic_nt
 from voting_det.evaluation import SettingsMismatchError
 from voting_det.evaluation.benchmark import PROFILES, plan_runs, run_all, run_one
 from voting_det.evaluation.tables import tabulate
@@ -14,14 +12,9 @@ from voting_det.evaluation.tables import tabulate
 TINY = ["INPUT.MIN_SIZE_TRAIN", "(144,)", "INPUT.MIN_SIZE_TEST", "144"]
 
 
-@pytest.fixture(scope="module")
-def datasets_root(tmp_path_factory):
-    """$DETECTRON2_DATASETS with a tiny synthetic set as the built-in ``nt``
-    (the runner's subprocesses register it from there)."""
-    root = tmp_path_factory.mktemp("bench_ds")
-    generate_synthetic_nt(str(root / "source"), 18, seed=5, size=(144, 192), workers=1, progress=False)
-    convert_fetus_framework(str(root / "source"), str(root / "nt"), structures=("NT",), folds=3, seed=0, progress=False)
-    return root
+@pytest.fixture
+def datasets_root(tiny_datasets_root):
+    return tiny_datasets_root
 
 
 def test_runner_trains_evaluates_resumes_and_tabulates(datasets_root, tmp_path, monkeypatch):

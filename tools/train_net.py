@@ -7,6 +7,7 @@ the NT data sets, in detectron2's standard form.
 """
 import json
 import os
+import sys
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
@@ -17,15 +18,36 @@ import voting_det  # noqa: F401  (registers the data sets)
 from voting_det import add_voting_config
 from voting_det.config import merge_config_file, resolve_device
 from voting_det.engine import Trainer
+from voting_det.engine.run_folder import holds_a_run, refuse_other_run
 
 
-def setup(args):
+def build_cfg(args):
     cfg = get_cfg()
     add_voting_config(cfg)
     merge_config_file(cfg, args.config_file)  # also resolves model_zoo:// bases
     cfg.merge_from_list(args.opts)
     resolve_device(cfg)
     cfg.freeze()
+    return cfg
+
+
+def check_output_dir(cfg, args) -> None:
+    """A new run never writes into another run's folder; --resume continues
+    only a run of the same config (compared key by key)."""
+    if args.eval_only:
+        return
+    if args.resume:
+        refuse_other_run(cfg.OUTPUT_DIR, cfg.dump(), "config.yaml",
+                         "Choose another OUTPUT_DIR, or drop --resume to start anew in an empty folder")
+    elif holds_a_run(cfg.OUTPUT_DIR):
+        raise ValueError(
+            f"OUTPUT_DIR {cfg.OUTPUT_DIR} holds the checkpoints of another run: pass --resume to continue it, "
+            "or choose another OUTPUT_DIR (nothing was written)"
+        )
+
+
+def setup(args):
+    cfg = build_cfg(args)
     default_setup(cfg, args)
     return cfg
 
@@ -50,6 +72,11 @@ def main(args):
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
+    try:
+        check_output_dir(build_cfg(args), args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     launch(
         main,
         args.num_gpus,

@@ -1,21 +1,34 @@
 """detectron2's DefaultTrainer with the ultrasound mapper, the NT evaluators and
 an Adam option (the paper trains with Adam). Nothing of the training loop is
 rewritten: only the builder hooks are overridden."""
+import contextlib
 import itertools
 import logging
 import os
+import random
+import weakref
 
+import numpy as np
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.structures import Boxes
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.engine import DefaultTrainer, HookBase
+from detectron2.engine import defaults as d2_defaults
+from detectron2.utils import comm
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from ..data import NT_EVALUATOR_TYPE, build_ultrasound_mapper
+from ..data.sampler import PositionDataset, PositionSampler, position_seed
 from ..evaluation import NTEvaluator, test_settings
 
-__all__ = ["Trainer", "build_nt_evaluator", "detectron2_has_compiled_ops"]
+__all__ = ["AtomicCheckpointer", "Trainer", "build_nt_evaluator", "detectron2_has_compiled_ops"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +74,109 @@ def build_nt_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvalua
     return DatasetEvaluators([coco, nt])
 
 
+class AtomicCheckpointer(DetectionCheckpointer):
+    """detectron2's checkpointer, writing each file to a temporary name and
+    renaming it, so that a crash mid-write leaves the previous checkpoint (and
+    ``last_checkpoint``) usable."""
+
+    def save(self, name: str, **kwargs) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        save_file = os.path.join(self.save_dir, f"{name}.pth")
+        self.logger.info("Saving checkpoint to %s", save_file)
+        with open(save_file + ".tmp", "wb") as f:
+            torch.save(data, f)
+        os.replace(save_file + ".tmp", save_file)
+        self.tag_last_checkpoint(os.path.basename(save_file))
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        with open(path + ".tmp", "w") as f:
+            f.write(last_filename_basename)
+        os.replace(path + ".tmp", path)
+
+
+@contextlib.contextmanager
+def _ddp_on_cpu():
+    """detectron2's ``create_ddp_model`` passes ``device_ids=[local_rank]``,
+    which torch refuses for a CPU model; on CPU (gloo) pass none."""
+    original = d2_defaults.create_ddp_model
+
+    def create(model, **kwargs):
+        if next(model.parameters()).device.type == "cpu":
+            kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    d2_defaults.create_ddp_model = create
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
+class _SeedEachIteration(HookBase):
+    """Seed torch, NumPy and Python from ``(SEED, iteration)`` before every
+    step, so the model's random choices (proposal sampling) at iteration i do
+    not depend on whether training was interrupted before it."""
+
+    def __init__(self, seed: int):
+        self._seed = seed
+
+    def before_step(self):
+        s = position_seed(self._seed + 7919 * (1 + comm.get_rank()), self.trainer.iter)
+        torch.manual_seed(s)
+        np.random.seed(s)
+        random.seed(s)
+
+
+def _check_finite_losses(simple_trainer) -> None:
+    """Make the inner trainer stop at a non-finite loss with a message naming
+    the iteration, the term and the process, before the optimizer steps (so
+    the weights and the last checkpoint stay as they were)."""
+    write = simple_trainer._write_metrics
+
+    def checked(loss_dict, data_time, prefix="", iter=None):
+        bad = {k: float(v.detach()) for k, v in loss_dict.items() if not torch.isfinite(v).all()}
+        if bad:
+            it = simple_trainer.iter if iter is None else iter
+            raise FloatingPointError(
+                f"non-finite loss at iteration {it} (rank {comm.get_rank()}): "
+                + ", ".join(f"{k} = {v}" for k, v in bad.items())
+                + ". Nothing of this iteration was applied and no checkpoint was written after the last good "
+                "one; resume from it with a lower SOLVER.BASE_LR or SOLVER.CLIP_GRADIENTS.ENABLED True"
+            )
+        write(loss_dict, data_time, prefix, iter)
+
+    simple_trainer._write_metrics = checked
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer with the ultrasound mapper, NT evaluators and Adam.
 
     ``cfg.SOLVER.OPTIMIZER`` selects ``"SGD"`` (detectron2's settings) or
-    ``"ADAM"`` (the paper's), over the same parameter groups.
+    ``"ADAM"`` (the paper's), over the same parameter groups. On top of
+    detectron2's loop: multi-process training on CPU (gloo) as on GPUs, a
+    training stream that resumes exactly (:mod:`voting_det.data.sampler`; with
+    ``SEED >= 0``, each iteration also seeded), atomic checkpoints, and a stop
+    at a non-finite loss that names the term.
     """
+
+    def __init__(self, cfg):
+        with _ddp_on_cpu():
+            super().__init__(cfg)
+        _check_finite_losses(self._trainer)
+
+    def build_hooks(self):
+        old = self.checkpointer
+        self.checkpointer = AtomicCheckpointer(old.model, old.save_dir, trainer=weakref.proxy(self))
+        hooks = super().build_hooks()
+        if self.cfg.SEED >= 0:
+            hooks.insert(0, _SeedEachIteration(self.cfg.SEED))
+        return hooks
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -75,8 +185,30 @@ class Trainer(DefaultTrainer):
         return build_nt_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
-    def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=build_ultrasound_mapper(cfg, is_train=True))
+    def build_train_loader(cls, cfg, start_iter: int = 0):
+        """detectron2's train loader over :class:`PositionDataset`: sample p is
+        the same image and augmentation in every run with the same ``SEED``
+        (a random one when ``SEED < 0``), and ``start_iter`` continues the
+        stream where an interrupted run stopped."""
+        dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=0,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
+        seed = cfg.SEED if cfg.SEED >= 0 else int(np.random.SeedSequence().generate_state(1)[0])
+        dataset = PositionDataset(dicts, build_ultrasound_mapper(cfg, is_train=True), seed=seed)
+        return build_detection_train_loader(
+            dataset,
+            mapper=None,
+            sampler=PositionSampler(start=start_iter * cfg.SOLVER.IMS_PER_BATCH),
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            # the loader's own generator: starting its iterator draws nothing from
+            # torch's global one (which the model's sampling uses)
+            seed=seed,
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -118,6 +250,10 @@ class Trainer(DefaultTrainer):
         semantic templates when ``MODEL.VOTING.TEMPLATE_INIT`` is ``"kmeans"``
         and training starts from scratch (no checkpoint, no MODEL.WEIGHTS)."""
         super().resume_or_load(resume=resume)
+        if self.start_iter > 0:
+            # continue the training stream after the samples already consumed
+            self._trainer.data_loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
+            self._trainer._data_loader_iter_obj = None
         fresh = self.start_iter == 0 and not self.cfg.MODEL.WEIGHTS
         if fresh and self.cfg.MODEL.get("VOTING") and self.cfg.MODEL.VOTING.TEMPLATE_INIT == "kmeans":
             self.init_templates_kmeans()

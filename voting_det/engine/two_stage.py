@@ -9,6 +9,7 @@ from typing import Dict, Sequence, Tuple
 from detectron2.config import CfgNode, get_cfg
 
 from ..config import add_voting_config, merge_config_file, resolve_device
+from .run_folder import refuse_other_run
 from .trainer import Trainer
 
 __all__ = ["split_schedule", "stage_configs", "train_two_stage"]
@@ -62,14 +63,8 @@ def stage_configs(
 def _refuse_other_run(cfg: CfgNode) -> None:
     """Resuming into a folder that holds a run with another config would mix two
     runs (e.g. a smoke test's checkpoints taken for a full run's): refuse."""
-    path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-    if os.path.isfile(path):
-        with open(path) as f:
-            if f.read() != cfg.dump():
-                raise ValueError(
-                    f"{cfg.OUTPUT_DIR} holds a run with another config ({path}); resuming would mix the "
-                    "two runs: use a new --output-dir, or --no-resume to train this one from the start there"
-                )
+    refuse_other_run(cfg.OUTPUT_DIR, cfg.dump(), "config.yaml",
+                     "Use a new --output-dir, or --no-resume to train this one from the start there")
 
 
 def train_two_stage(stage1: CfgNode, stage2: CfgNode, resume: bool = True) -> Dict[str, dict]:

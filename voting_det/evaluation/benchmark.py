@@ -240,15 +240,16 @@ def machine() -> str:
 
 
 def _check_or_record_config(run: Run) -> str:
+    from ..engine.run_folder import refuse_different_config
+
     text = run.frozen_configs()
     path = os.path.join(run.folder, "run_config.yaml")
     if os.path.isfile(path):
         with open(path) as f:
-            if f.read() != text:
-                raise ValueError(
-                    f"{run.folder} holds a run with another config ({path}); resuming would mix two runs. Move that "
-                    "folder away (or use another --root) to start this one; nothing was changed"
-                )
+            saved = f.read()
+        # each stage's dump on its own, key by key
+        for old_part, new_part in zip(saved.split("# stage 2\n"), text.split("# stage 2\n")):
+            refuse_different_config(old_part, new_part, path, "Move that folder away (or use another --root) to start this one")
     else:
         os.makedirs(run.folder, exist_ok=True)
         with open(path + ".tmp", "w") as f:
@@ -260,6 +261,12 @@ def _check_or_record_config(run: Run) -> str:
 def run_one(run: Run, log=print) -> dict:
     """Train (resuming), evaluate on val and test, write ``run.json``."""
     config_hash = _check_or_record_config(run)
+    # the code a run trained with: the commit at each (re)start, kept across interruptions
+    starts_path = os.path.join(run.folder, "starts.json")
+    starts = json.load(open(starts_path)) if os.path.isfile(starts_path) else []
+    starts.append({"commit": _git_commit(repo_root()), "at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    with open(starts_path, "w") as f:
+        json.dump(starts, f, indent=1)
     start = time.time()
     log_path = os.path.join(run.folder, "log.txt")
     env = dict(os.environ)
@@ -281,7 +288,8 @@ def run_one(run: Run, log=print) -> dict:
             previous = json.load(f).get("seconds", 0.0)
     info = {
         "method": run.method.name, "fold": run.fold, "profile": run.profile.name, "dataset": run.dataset,
-        "opts": run.opts(), "config_sha256_16": config_hash, "commit": _git_commit(repo_root()),
+        "opts": run.opts(), "config_sha256_16": config_hash, "commit": starts[0]["commit"],
+        "commits_at_starts": starts, "commit_at_evaluation": _git_commit(repo_root()),
         "machine": machine(), "wall_seconds": round(previous + elapsed, 1),
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "metrics": {split: os.path.relpath(os.path.join(run.eval_dir(split), "nt_metrics.json"), run.folder)
