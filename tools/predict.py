@@ -22,6 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import voting_det  # noqa: F401  (registers the data sets)
 from voting_det import add_voting_config
 from voting_det.config import merge_config_file, resolve_device
+from voting_det.engine.checkpoint import SafeCheckpointer
 from voting_det.inference import class_names_from_cfg, predict_images
 
 # Score-threshold keys of the detectron2 heads, set by --score-thresh (as detectron2's demo does).
@@ -57,7 +58,13 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s %(levelname)s] %(message)s")
     cfg = setup_cfg(args)
-    predictor = DefaultPredictor(cfg)
+    # detectron2's predictor, its weights read by SafeCheckpointer (no code
+    # execution, shape mismatches refused)
+    blank = cfg.clone()
+    blank.defrost()
+    blank.MODEL.WEIGHTS = ""
+    predictor = DefaultPredictor(blank)
+    SafeCheckpointer.from_config(cfg, predictor.model).load(cfg.MODEL.WEIGHTS)
     with logging_redirect_tqdm():
         summary = predict_images(
             predictor,

@@ -9,15 +9,15 @@ import json
 import os
 import sys
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 
 import voting_det  # noqa: F401  (registers the data sets)
 from voting_det import add_voting_config
-from voting_det.config import merge_config_file, resolve_device
+from voting_det.config import merge_config_file, resolve_device, validate_voting_config
 from voting_det.engine import Trainer
+from voting_det.engine.checkpoint import SafeCheckpointer
 from voting_det.engine.run_folder import holds_a_run, refuse_other_run
 
 
@@ -25,8 +25,12 @@ def build_cfg(args):
     cfg = get_cfg()
     add_voting_config(cfg)
     merge_config_file(cfg, args.config_file)  # also resolves model_zoo:// bases
-    cfg.merge_from_list(args.opts)
+    try:
+        cfg.merge_from_list(args.opts)
+    except (AssertionError, KeyError) as e:  # yacs: "Non-existent key: ..."
+        raise ValueError(f"command-line override: {e}; check its spelling (README, 'Config keys')") from None
     resolve_device(cfg)
+    validate_voting_config(cfg)
     cfg.freeze()
     return cfg
 
@@ -56,7 +60,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        SafeCheckpointer.from_config(cfg, model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             # every evaluator's numbers (COCO AP included) in one file next to the NT evaluator's
@@ -74,7 +78,7 @@ if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     try:
         check_output_dir(build_cfg(args), args)
-    except ValueError as e:
+    except ValueError as e:  # bad config keys or values, another run's folder
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     launch(

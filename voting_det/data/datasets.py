@@ -26,6 +26,7 @@ import logging
 import os
 from typing import Dict, List, Optional
 
+import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
@@ -101,10 +102,50 @@ def load_nt_coco_json(json_file: str, dataset_name: Optional[str] = None) -> Lis
         )
     with open(json_file) as f:
         try:
-            info = json.load(f).get("info", {})
+            data = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{json_file}: not valid JSON ({e}); convert the data set again") from e
-    return load_coco_json(json_file, _image_root_of(json_file, info), dataset_name)
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+        raise ValueError(
+            f"{json_file}: not a COCO detection file (it needs the lists 'images', 'annotations' and "
+            "'categories'); convert the data set again with tools/convert_fetus_framework.py"
+        )
+    image_root = _image_root_of(json_file, data.get("info") or {})
+    try:
+        dicts = load_coco_json(json_file, image_root, dataset_name)
+    except (KeyError, TypeError, AssertionError) as e:
+        raise ValueError(f"{json_file}: malformed COCO content ({type(e).__name__}: {e}); convert the data set again") from e
+    check_boxes(dicts, json_file)
+    return dicts
+
+
+# a box may overhang the image by this many pixels (rounding of annotation tools)
+BOX_TOLERANCE_PX = 1.0
+
+
+def check_boxes(dicts: List[dict], source: str) -> None:
+    """Refuse degenerate, negative-size and out-of-image boxes, naming the file,
+    image and annotation (a model would otherwise train on them silently)."""
+    problems = []
+    for d in dicts:
+        w, h = d.get("width"), d.get("height")
+        for i, a in enumerate(d.get("annotations", [])):
+            where = f"image {d.get('image_id')!r} ({os.path.basename(d['file_name'])}), annotation {i}, bbox {a.get('bbox')}"
+            try:
+                x0, y0, bw, bh = (float(v) for v in a["bbox"])
+            except (KeyError, TypeError, ValueError):
+                problems.append(f"{where}: needs a bbox of 4 numbers")
+                continue
+            if not (np.isfinite([x0, y0, bw, bh]).all()):
+                problems.append(f"{where}: not a number")
+            elif bw <= 0 or bh <= 0:
+                problems.append(f"{where}: width and height must be > 0")
+            elif w and h and (x0 < -BOX_TOLERANCE_PX or y0 < -BOX_TOLERANCE_PX
+                              or x0 + bw > w + BOX_TOLERANCE_PX or y0 + bh > h + BOX_TOLERANCE_PX):
+                problems.append(f"{where}: outside the {w}x{h} image")
+    if problems:
+        shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise ValueError(f"{source}: {len(problems)} bad box(es) (COCO bbox is [x, y, width, height] in pixels):\n  {shown}")
 
 
 def register_nt_coco(

@@ -17,10 +17,40 @@ import copy
 from typing import List, Optional
 
 import numpy as np
+import torch
 from detectron2.data import DatasetMapper
+from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-__all__ = ["RandomSpeckle", "build_ultrasound_augmentation", "build_ultrasound_mapper"]
+from .image_io import read_scan
+
+__all__ = ["RandomSpeckle", "UltrasoundDatasetMapper", "build_ultrasound_augmentation", "build_ultrasound_mapper"]
+
+
+class UltrasoundDatasetMapper(DatasetMapper):
+    """detectron2's DatasetMapper with its image loading replaced (the place
+    detectron2 marks for it) by :func:`voting_det.data.image_io.read_scan`:
+    16-bit, palette, RGBA and grey files handled, and a missing, empty or broken
+    file reported with its path and image id. The rest is detectron2's:
+    augmentations, annotation transforms, instances."""
+
+    def __call__(self, dataset_dict):
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = read_scan(dataset_dict["file_name"], self.image_format, where=f"image_id {dataset_dict.get('image_id')!r}")
+        utils.check_image_size(dataset_dict, image)
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        image_shape = image.shape[:2]
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if self.proposal_topk is not None:
+            utils.transform_proposals(dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk)
+        if not self.is_train:
+            dataset_dict.pop("annotations", None)
+            return dataset_dict
+        if "annotations" in dataset_dict:
+            self._transform_annotations(dataset_dict, transforms, image_shape)
+        return dataset_dict
 
 
 class RandomSpeckle(T.Augmentation):
@@ -67,11 +97,11 @@ def build_ultrasound_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
 
 
 def build_ultrasound_mapper(cfg, is_train: bool, augment: Optional[bool] = None) -> DatasetMapper:
-    """detectron2's DatasetMapper with :func:`build_ultrasound_augmentation`.
+    """:class:`UltrasoundDatasetMapper` with :func:`build_ultrasound_augmentation`.
 
     ``augment`` (default: ``is_train``) picks the training augmentations or the
     test-time resize; ``is_train=True, augment=False`` keeps the annotations of
     images prepared exactly as at test time."""
     args = DatasetMapper.from_config(cfg, is_train)
     args["augmentations"] = build_ultrasound_augmentation(cfg, is_train if augment is None else augment)
-    return DatasetMapper(**copy.copy(args))
+    return UltrasoundDatasetMapper(**copy.copy(args))

@@ -10,7 +10,6 @@ import weakref
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.structures import Boxes
 from detectron2.data import (
     MetadataCatalog,
@@ -26,9 +25,10 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 
 from ..data import NT_EVALUATOR_TYPE, build_ultrasound_mapper
 from ..data.sampler import PositionDataset, PositionSampler, position_seed
+from .checkpoint import SafeCheckpointer
 from ..evaluation import NTEvaluator, test_settings
 
-__all__ = ["AtomicCheckpointer", "Trainer", "build_nt_evaluator", "detectron2_has_compiled_ops"]
+__all__ = ["Trainer", "build_nt_evaluator", "detectron2_has_compiled_ops"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,32 +72,6 @@ def build_nt_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvalua
         num_bootstrap=cfg.TEST.NT_EVAL.NUM_BOOTSTRAP,
     )
     return DatasetEvaluators([coco, nt])
-
-
-class AtomicCheckpointer(DetectionCheckpointer):
-    """detectron2's checkpointer, writing each file to a temporary name and
-    renaming it, so that a crash mid-write leaves the previous checkpoint (and
-    ``last_checkpoint``) usable."""
-
-    def save(self, name: str, **kwargs) -> None:
-        if not self.save_dir or not self.save_to_disk:
-            return
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
-        save_file = os.path.join(self.save_dir, f"{name}.pth")
-        self.logger.info("Saving checkpoint to %s", save_file)
-        with open(save_file + ".tmp", "wb") as f:
-            torch.save(data, f)
-        os.replace(save_file + ".tmp", save_file)
-        self.tag_last_checkpoint(os.path.basename(save_file))
-
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        path = os.path.join(self.save_dir, "last_checkpoint")
-        with open(path + ".tmp", "w") as f:
-            f.write(last_filename_basename)
-        os.replace(path + ".tmp", path)
 
 
 @contextlib.contextmanager
@@ -161,7 +135,8 @@ class Trainer(DefaultTrainer):
     ``"ADAM"`` (the paper's), over the same parameter groups. On top of
     detectron2's loop: multi-process training on CPU (gloo) as on GPUs, a
     training stream that resumes exactly (:mod:`voting_det.data.sampler`; with
-    ``SEED >= 0``, each iteration also seeded), atomic checkpoints, and a stop
+    ``SEED >= 0``, each iteration also seeded), checkpoints that are written
+    atomically and read without running code (:mod:`.checkpoint`), and a stop
     at a non-finite loss that names the term.
     """
 
@@ -172,7 +147,7 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         old = self.checkpointer
-        self.checkpointer = AtomicCheckpointer(old.model, old.save_dir, trainer=weakref.proxy(self))
+        self.checkpointer = SafeCheckpointer.from_config(self.cfg, old.model, old.save_dir, trainer=weakref.proxy(self))
         hooks = super().build_hooks()
         if self.cfg.SEED >= 0:
             hooks.insert(0, _SeedEachIteration(self.cfg.SEED))
