@@ -7,6 +7,7 @@ import pytest
 
 from voting_det.evaluation import SettingsMismatchError
 from voting_det.evaluation.benchmark import PROFILES, plan_runs, run_all, run_one
+from voting_det.evaluation import tables
 from voting_det.evaluation.tables import tabulate
 
 TINY = ["INPUT.MIN_SIZE_TRAIN", "(144,)", "INPUT.MIN_SIZE_TEST", "144"]
@@ -49,8 +50,15 @@ def test_runner_trains_evaluates_resumes_and_tabulates(datasets_root, tmp_path, 
     run_one(run, log=lambda *_: None)
 
     out = tmp_path / "tables"
+    # the caliper split, with flags planted on the test images (the detector is tested in test_calipers)
+    test_files = [r["file_name"] for r in json.load(open(os.path.join(run.eval_dir("test"), "nt_detections.json")))["images"]]
+    planted = {os.path.normpath(f): i % 2 == 0 for i, f in enumerate(test_files)}
+    monkeypatch.setattr(tables, "caliper_flags", lambda dataset, cache: planted)
     text = tabulate(runs, out_dir=str(out), command="test", num_bootstrap=20)
     assert "| LS (voting_det) | 0 |" in text
+    n_with = sum(planted.values())
+    assert f"| LS (voting_det) | with calipers | {n_with} |" in text
+    assert f"| LS (voting_det) | without calipers | {len(planted) - n_with} |" in text
     for name in ("table.md", "table.csv", "manifest.json", "roc.png"):
         assert (out / name).is_file()
     manifest = json.load(open(out / "manifest.json"))
@@ -62,7 +70,7 @@ def test_runner_trains_evaluates_resumes_and_tabulates(datasets_root, tmp_path, 
     data["settings"]["TEST.DETECTIONS_PER_IMAGE"] = 100
     json.dump(data, open(path, "w"))
     with pytest.raises(SettingsMismatchError, match="TEST.DETECTIONS_PER_IMAGE"):
-        tabulate(runs, num_bootstrap=5)
+        tabulate(runs, num_bootstrap=5, calipers=False)
 
 
 def test_gpu_profile_runs_a_few_iterations_on_cpu(datasets_root, tmp_path, monkeypatch):

@@ -32,6 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--root", default="output/benchmark", help="folder of the runs")
     p.add_argument("--out", default=None, help="write the tables, plots and manifest here (default: only print)")
     p.add_argument("--tabulate-only", action="store_true", help="do not train: tabulate the finished runs")
+    p.add_argument("--calipers", choices=("auto", "yes", "no"), default="auto",
+                   help="report metrics with and without caliper-marked images (auto: for the real set nt_real)")
     p.add_argument("--list", action="store_true", help="list methods and profiles, then exit")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="extra overrides for every run, KEY VALUE ... (recorded)")
     return p.parse_args(argv)
@@ -63,7 +65,9 @@ def main(argv=None):
         run_all(runs)
     from voting_det.evaluation.tables import tabulate
 
-    tabulate(runs, out_dir=args.out, command=" ".join(["python", "tools/benchmark.py"] + (argv or sys.argv[1:])))
+    calipers = args.calipers == "yes" or (args.calipers == "auto" and runs[0].dataset.startswith("nt_real"))
+    tabulate(runs, out_dir=args.out, command=" ".join(["python", "tools/benchmark.py"] + (argv or sys.argv[1:])),
+             calipers=calipers)
     return 0
 
 

@@ -81,7 +81,32 @@ def _pooled(entry, folds=None):
     return records, folds
 
 
-def tabulate(runs, out_dir: Optional[str] = None, command: str = "", num_bootstrap: int = 1000) -> Optional[str]:
+def caliper_flags(dataset: str, cache_dir: str) -> Dict[str, bool]:
+    """Absolute image path -> caliper flag (:mod:`voting_det.data.calipers`) for
+    the images of registered set ``<dataset>_all``, cached in ``cache_dir``."""
+    from detectron2.data import MetadataCatalog
+
+    from ..data.calipers import flag_dataset
+    from ..data.datasets import _image_root_of
+
+    json_file = MetadataCatalog.get(f"{dataset}_all").get("json_file", None)
+    if not json_file or not os.path.isfile(json_file):
+        return {}
+    cache = os.path.join(cache_dir, f"calipers_{dataset}.json")
+    if os.path.isfile(cache) and os.path.getmtime(cache) >= os.path.getmtime(json_file):
+        with open(cache) as f:
+            return json.load(f)
+    with open(json_file) as f:
+        root = _image_root_of(json_file, json.load(f).get("info") or {})
+    flags = {os.path.normpath(os.path.join(root, k)): bool(v) for k, v in flag_dataset(json_file, root).items()}
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(cache, "w") as f:
+        json.dump(flags, f)
+    return flags
+
+
+def tabulate(runs, out_dir: Optional[str] = None, command: str = "", num_bootstrap: int = 1000,
+             calipers: bool = True) -> Optional[str]:
     """Print (and with ``out_dir`` write) the tables of the finished ``runs``:
     ``table.md``, ``table.csv``, ``roc.png``, ``manifest.json``."""
     data = collect(runs)
@@ -136,6 +161,25 @@ def tabulate(runs, out_dir: Optional[str] = None, command: str = "", num_bootstr
                 d = _digits(k)
                 cells.append(f"{_fmt(point[k], d)} [{_fmt(lo, d)}, {_fmt(hi, d)}]")
         lines.append(f"| {e['method'].label or name} | {len(records)} | " + " | ".join(cells) + " |")
+    # With and without caliper-marked images (METHOD.md section 5)
+    flags = caliper_flags(dataset, os.path.join(runs[0].root, profile.name, dataset)) if calipers else {}
+    if flags:
+        lines += ["", "## With and without the sonographer's calipers (test images pooled; caliper flag of "
+                      "`voting_det.data.calipers`, checked against hand labels in benchmarks/results/caliper_detector.md)", "",
+                  "| method | subset | images | top-1 acc | AUC | SEN | SPE |", "|---|---|---|---|---|---|---|"]
+        for name, (stats, folds, records) in pooled_stats.items():
+            marks = np.array([flags.get(os.path.normpath(r["file_name"])) for r in records], dtype=object)
+            for label, pick in (("with calipers", marks == True), ("without calipers", marks == False)):  # noqa: E712
+                idx = np.flatnonzero(pick)
+                if len(idx) == 0:
+                    lines.append(f"| {data[name]['method'].label or name} | {label} | 0 | n/a | n/a | n/a | n/a |")
+                    continue
+                m = M.summarise(stats, idx)
+                lines.append(f"| {data[name]['method'].label or name} | {label} | {len(idx)} | {_fmt(m['top1_acc'])} | "
+                             f"{_fmt(m['paper_auc'])} | {_fmt(m['paper_sen'])} | {_fmt(m['paper_spe'])} |")
+        n_without = sum(1 for v in flags.values() if not v)
+        lines += ["", f"{n_without} of the set's {len(flags)} images are not flagged: with so few, the "
+                      "without-calipers numbers are wide; see the intervals above for the scale of the noise."]
     # Paired differences against the reference voting_det row
     ref = next((m for m in ("proposed", "lcf", "ls") if m in data), None)
     if ref is not None and len(data) > 1:
