@@ -7,7 +7,9 @@
 3. train Proposed with the paper's two stages (LCF, then the whole network)
    on fold 0 for a short CPU schedule at reduced resolution;
 4. evaluate on the held-out test fold (COCO AP / AP50);
-5. draw the top predictions on a few test images.
+5. draw the top predictions on a few test images;
+6. explain the top prediction of a few test images (trace-back panels and
+   JSON traces, as tools/explain.py writes them).
 
 Existing outputs are reused, never overwritten (a finished stage is not
 trained again): delete the folders to start anew.
@@ -27,6 +29,8 @@ import voting_det  # noqa: F401  (registers data sets and components)
 from voting_det.data.fetus_framework import convert_fetus_framework, format_report
 from voting_det.data.synthetic import generate_synthetic_nt
 from voting_det.engine.two_stage import stage_configs, train_two_stage
+from voting_det.interpretation import Explainer
+from voting_det.interpretation.explain import common_root, explain_images, output_stem
 
 # Size of the demo's synthetic set: enough for 3 folds, generated in seconds.
 DEMO_NUM_IMAGES = 240
@@ -45,6 +49,8 @@ DEMO_OPTS = [
     "DATALOADER.NUM_WORKERS", "1",
 ]
 NUM_DRAWN = 4
+# Test images explained with trace-back panels (about 10 s each on a CPU).
+NUM_EXPLAINED = 2
 
 
 def parse_args():
@@ -61,14 +67,14 @@ def parse_args():
 
 def make_data(args):
     source, coco = os.path.join(args.datasets, "nt_synthetic"), os.path.join(args.datasets, "nt")
-    print(f"[demo] 1/5 synthetic NT set in {source}")
+    print(f"[demo] 1/6 synthetic NT set in {source}")
     if os.path.isfile(os.path.join(source, "ObjectDetection.xlsx")):
         print("[demo]     exists; reusing it (delete the folder to regenerate)")
     else:
         summary = generate_synthetic_nt(source, args.num, seed=args.seed, size=DEMO_SIZE, workers=args.workers)
         print(f"[demo]     {summary['num_images']} images ({summary['num_negatives']} without NT) "
               f"at {summary['images_per_s']:.1f} images/s")
-    print(f"[demo] 2/5 COCO folds in {coco}")
+    print(f"[demo] 2/6 COCO folds in {coco}")
     if os.path.isfile(os.path.join(coco, "all.json")):
         print("[demo]     exists; reusing it (delete the folder to convert again)")
     else:
@@ -103,6 +109,21 @@ def draw_predictions(cfg, out_dir):
     return paths
 
 
+def explain_predictions(cfg, out_dir):
+    """Trace-back panels (PNG) and traces (JSON) of the first test images, with
+    their ground truth; images already explained are reused."""
+    records = DatasetCatalog.get(cfg.DATASETS.TEST[0])[:NUM_EXPLAINED]
+    root = common_root(records)
+    stems = [output_stem(r, root, out_dir) for r in records]
+    todo = [r for r, stem in zip(records, stems) if not os.path.isfile(stem + ".json")]
+    if todo:
+        names = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes")
+        explain_images(Explainer(cfg), todo, root, out_dir, class_names=names, progress=False)
+    else:
+        print("[demo]     exist; reusing them (delete the folder to explain again)")
+    return [stem + ".png" for stem in stems if os.path.isfile(stem + ".png")]
+
+
 def main():
     args = parse_args()
     setup_logger(name="voting_det")
@@ -110,25 +131,29 @@ def main():
     start = time.perf_counter()
     make_data(args)
 
-    print("[demo] 3/5 training Proposed on fold 0: stage 1 LCF, then stage 2 the whole network")
+    print("[demo] 3/6 training Proposed on fold 0: stage 1 LCF, then stage 2 the whole network")
     opts = ["DATASETS.TRAIN", "('nt_fold0_train',)", "DATASETS.TEST", "('nt_fold0_test',)"] + DEMO_OPTS + list(args.opts)
     stage1, stage2 = stage_configs("configs/nt_lcf.yaml", "configs/nt_voting.yaml", args.output_dir, opts)
     results = train_two_stage(stage1, stage2)
 
-    print("[demo] 4/5 evaluation on the held-out test fold (nt_fold0_test)")
+    print("[demo] 4/6 evaluation on the held-out test fold (nt_fold0_test)")
     for stage, result in results.items():
         bbox = result.get("bbox", {})
         print(f"[demo]     {stage}: AP {bbox.get('AP', float('nan')):.1f}  AP50 {bbox.get('AP50', float('nan')):.1f}")
     with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2, default=float)
 
-    print("[demo] 5/5 predictions drawn on test images")
+    print("[demo] 5/6 predictions drawn on test images")
     drawn = draw_predictions(stage2, os.path.join(args.output_dir, "predictions"))
+
+    print("[demo] 6/6 explanations (trace-back panels) of test images")
+    explained = explain_predictions(stage2, os.path.join(args.output_dir, "explanations"))
     print(f"[demo] done in {time.perf_counter() - start:.0f} s. Outputs:\n"
           f"  data        {args.datasets}/nt_synthetic (images, spreadsheet), {args.datasets}/nt (COCO folds)\n"
           f"  models      {stage1.OUTPUT_DIR}/model_final.pth, {stage2.OUTPUT_DIR}/model_final.pth\n"
           f"  metrics     {args.output_dir}/metrics.json\n"
-          f"  drawings    {', '.join(drawn)}")
+          f"  drawings    {', '.join(drawn)}\n"
+          f"  explained   {', '.join(explained)} (how to read them: docs/interpretation.md)")
 
 
 if __name__ == "__main__":

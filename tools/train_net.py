@@ -30,7 +30,8 @@ def build_cfg(args):
     except (AssertionError, KeyError) as e:  # yacs: "Non-existent key: ..."
         raise ValueError(f"command-line override: {e}; check its spelling (README, 'Config keys')") from None
     resolve_device(cfg)
-    validate_voting_config(cfg)
+    if cfg.MODEL.META_ARCHITECTURE == "VotingRCNN":  # detectron2's own models validate themselves
+        validate_voting_config(cfg)
     cfg.freeze()
     return cfg
 

@@ -13,12 +13,14 @@ import yaml
 from detectron2.config import CfgNode as CN
 
 __all__ = [
+    "EXPLAIN_RANKINGS",
     "MODEL_ZOO_PREFIX",
     "VOTING_LEVELS",
     "add_voting_config",
     "load_config_dict",
     "merge_config_file",
     "resolve_device",
+    "validate_explain_config",
     "validate_voting_config",
 ]
 
@@ -47,6 +49,45 @@ def add_voting_config(cfg: CN) -> None:
     _add_voting_model_config(cfg)
     _add_context_config(cfg)
     _add_eval_config(cfg)
+    _add_checkpoint_config(cfg)
+    _add_explain_config(cfg)
+
+
+# Rankings of the primitives a trace keeps maps of (MODEL.EXPLAIN.RANK_BY): the
+# trace-back score alpha_k (Eq. 3, the paper's) or the contribution c_k.
+EXPLAIN_RANKINGS = ("alpha", "contribution")
+
+
+def _add_explain_config(cfg: CN) -> None:
+    # Trace mode of VotingRCNN (docs/interpretation.md), read by voting_det.interpretation.
+    e = cfg.MODEL.EXPLAIN = CN()
+    # Attach each detection's full trace (alpha_k, c_k, maps, context boxes, mu) as
+    # trace_* fields; off by default, so normal inference computes nothing extra.
+    e.ENABLED = False
+    # Primitives per level whose maps (Rs_k, D_k, Phi_k, Rc_k) the trace keeps.
+    e.TOP_PRIMITIVES = 5
+    # Ranking of those primitives: "alpha" (Eq. 3, the paper's) or "contribution" (c_k).
+    e.RANK_BY = "alpha"
+
+
+def validate_explain_config(cfg: CN) -> None:
+    """Check the MODEL.EXPLAIN keys; raise naming the bad key."""
+    e = cfg.MODEL.EXPLAIN
+    if e.TOP_PRIMITIVES < 1:
+        _fail("MODEL.EXPLAIN.TOP_PRIMITIVES", f"must be >= 1, got {e.TOP_PRIMITIVES}")
+    if e.RANK_BY not in EXPLAIN_RANKINGS:
+        _fail("MODEL.EXPLAIN.RANK_BY", f"must be one of {EXPLAIN_RANKINGS}, got {e.RANK_BY!r}")
+
+
+def _add_checkpoint_config(cfg: CN) -> None:
+    # voting_det.engine.checkpoint.SafeCheckpointer (training, tools/train_net.py, tools/predict.py).
+    cfg.MODEL.CHECKPOINT = CN()
+    # Read pickle weight files (.pkl), which can run code when read; .pth files are
+    # always read with torch.load(weights_only=True).
+    cfg.MODEL.CHECKPOINT.TRUST_PICKLE = False
+    # Leave parameters whose shape differs from the file's at their initial values
+    # instead of refusing the file (e.g. fine-tuning with another K).
+    cfg.MODEL.CHECKPOINT.SKIP_MISMATCHED = False
 
 
 def _add_eval_config(cfg: CN) -> None:

@@ -22,14 +22,17 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from torch import Tensor, nn
 
-from ..config import VOTING_LEVELS, validate_voting_config
+from ..config import EXPLAIN_RANKINGS, VOTING_LEVELS, validate_voting_config
 from .voting import (
     PrimitiveVoting,
+    cell_centres_of,
     enlarge_boxes,
     gaussian_heatmap_target,
     grid_to_image,
     heatmap_loss,
     image_to_grid,
+    interpolate_bilinear,
+    temperature,
 )
 
 __all__ = ["VotingStage", "VotingROIHeads", "mlp", "box_deltas", "smooth_l1_mean"]
@@ -115,8 +118,13 @@ class VotingStage(nn.Module):
         crop_boxes = [Boxes(enlarge_boxes(b.tensor, *self.crop_context)) for b in boxes]
         return self.pooler([feature], crop_boxes), cat([b.tensor for b in crop_boxes])
 
-    def forward(self, feature: Tensor, boxes: List[Boxes]) -> Dict[str, Tensor]:
+    def forward(
+        self, feature: Tensor, boxes: List[Boxes], primitive_mask: Optional[Tensor] = None
+    ) -> Dict[str, Tensor]:
         """Vote inside each box of ``boxes`` (one Boxes per image) on ``feature``.
+
+        ``primitive_mask`` (``(K,)`` or ``(R, K)``) deletes primitives (see
+        :func:`~voting_det.modeling.voting.mask_primitives`); None keeps all.
 
         Returns a dict of per-box tensors: ``input_boxes``, ``crop_boxes``,
         ``crops`` (raw Gamma_p), the :class:`PrimitiveVoting` outputs,
@@ -125,7 +133,7 @@ class VotingStage(nn.Module):
         """
         input_boxes = cat([b.tensor for b in boxes])
         crops, crop_boxes = self.crop(feature, boxes)
-        out = self.primitives(crops)
+        out = self.primitives(crops, primitive_mask)
         centres = grid_to_image(out["centre_cells"], crop_boxes, self.grid_size)
         mean_response = out["response_maps"].mean(dim=1, keepdim=True)
         hidden = self.fc(mean_response * crops)
@@ -142,6 +150,79 @@ class VotingStage(nn.Module):
             pred_boxes=pred_boxes,
         )
         return out
+
+    # Trace fields in image coordinates: points (..., 2) and boxes (..., 4).
+    TRACE_IMAGE_FIELDS = ("centres", "input_boxes", "crop_boxes", "boxes", "peak_points")
+
+    @torch.no_grad()
+    def trace(
+        self, out: Dict[str, Tensor], top: int, tau: float = 0.0, normalize: bool = False, rank_by: str = "alpha"
+    ) -> Dict[str, Tensor]:
+        """The full trace of the boxes of a :meth:`forward` result (rows already
+        selected, e.g. the detections kept after NMS), for explanations.
+
+        Args:
+            out: :meth:`forward`'s dict, every tensor indexed to the R rows wanted.
+            top: number of primitives whose maps are kept, ranked by ``rank_by``.
+            tau, normalize: Eq. 3's options (``MODEL.VOTING.TRACE_TAU`` / ``TRACE_NORMALIZE``).
+            rank_by: one of :data:`voting_det.config.EXPLAIN_RANKINGS`.
+
+        Returns:
+            dict of per-row tensors (S = min(top, K)): for all K primitives
+            ``alpha`` (Eq. 3), ``contributions`` c_k at the continuous centre
+            (their sum is ``vote_at_centre``, Phi there), ``response_mass``
+            (sum Rs_k), ``peak_response`` (max Rs_k) and ``peak_points`` (R, K, 2)
+            (its cell centre, image xy); ``top_primitives`` (R, S) best first
+            and their ``response_maps`` Rs_k, ``primitive_votes`` Phi_k (Phi is
+            their mean over all K) and ``reconstructions`` Rc_k, each
+            (R, S, M, N), and ``spatial_templates`` D_k (R, S, Hd, Wd); the
+            ``vote_heatmap`` Phi and ``probabilities`` p (R, M, N),
+            ``centre_cells`` and ``centres`` (soft-argmax, cell and image xy),
+            ``temperature`` T, ``input_boxes``, ``crop_boxes`` and the level's
+            ``boxes`` (image XYXY) and ``probs`` (R, C+1). All detached.
+        """
+        if rank_by not in EXPLAIN_RANKINGS:
+            raise ValueError(f"config key MODEL.EXPLAIN.RANK_BY: must be one of {EXPLAIN_RANKINGS}, got {rank_by!r}")
+        explanation = self.primitives.explain(out, tau=tau, normalize=normalize)
+        Rs = out["response_maps"]
+        r, k, m, n = Rs.shape
+        alpha, contributions = explanation["alpha"], explanation["contributions_bilinear"]
+        ranking = alpha if rank_by == "alpha" else contributions
+        order = torch.sort(ranking, dim=1, descending=True, stable=True).indices[:, : min(top, k)]
+
+        def pick(maps: Tensor) -> Tensor:
+            return maps.gather(1, order[:, :, None, None].expand(-1, -1, *maps.shape[2:]))
+
+        peak_response, peak_index = Rs.reshape(r, k, m * n).max(dim=2)
+        peak_cells = cell_centres_of(peak_index, self.grid_size).to(Rs)
+        peak_points = grid_to_image(
+            peak_cells.reshape(-1, 2), out["crop_boxes"].repeat_interleave(k, dim=0), self.grid_size
+        ).reshape(r, k, 2)
+        D = self.primitives.spatial_templates()
+        t = temperature(self.primitives.log_temperature, *self.primitives.log_temperature_range)
+        trace = {
+            "alpha": alpha,
+            "contributions": contributions,
+            "vote_at_centre": interpolate_bilinear(out["vote_heatmap"], out["centre_cells"]),
+            "response_mass": Rs.sum(dim=(2, 3)),
+            "peak_response": peak_response,
+            "peak_points": peak_points,
+            "top_primitives": order,
+            "response_maps": pick(Rs),
+            "primitive_votes": pick(explanation["primitive_votes"]),
+            "reconstructions": pick(explanation["reconstruction"]),
+            "spatial_templates": D[order],
+            "vote_heatmap": out["vote_heatmap"],
+            "probabilities": out["probabilities"],
+            "centre_cells": out["centre_cells"],
+            "centres": out["centres"],
+            "temperature": t.expand(r),
+            "input_boxes": out["input_boxes"],
+            "crop_boxes": out["crop_boxes"],
+            "boxes": out["pred_boxes"],
+            "probs": F.softmax(out["logits"], dim=1),
+        }
+        return {name: value.detach() for name, value in trace.items()}
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -249,19 +330,29 @@ class VotingROIHeads(ROIHeads):
 
     # ------------------------------------------------------------------ stages
     def run_stages(
-        self, features: Dict[str, Tensor], proposals: List[Instances], targets: Optional[List[Instances]] = None
+        self,
+        features: Dict[str, Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+        primitive_masks: Optional[Dict[str, Tensor]] = None,
     ) -> List[Dict[str, Tensor]]:
         """Run every level, coarse to fine, on ``proposals`` (``proposal_boxes``).
 
         With ``targets`` (training), each level's output also carries its
         labels: ``gt_classes`` (R,) and ``gt_boxes`` (R, 4), from detectron2's
         sampling for the first level and re-matched for the later ones.
+        ``primitive_masks`` (level name -> ``(K,)`` or ``(R, K)`` mask) deletes
+        primitives at those levels (the deletion test's intervention).
         """
+        primitive_masks = primitive_masks or {}
+        unknown = sorted(set(primitive_masks) - set(self.levels))
+        if unknown:
+            raise ValueError(f"primitive masks for levels {unknown} that do not run; the levels are {self.levels}")
         num_per_image = [len(p) for p in proposals]
         boxes = [p.proposal_boxes for p in proposals]
         outputs = []
         for i, (level, stage) in enumerate(zip(self.levels, self.stages)):
-            out = stage(features[level], boxes)
+            out = stage(features[level], boxes, primitive_masks.get(level))
             if targets is not None:
                 if i == 0:
                     out["gt_classes"], out["gt_boxes"] = self._sampled_labels(proposals)

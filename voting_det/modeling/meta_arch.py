@@ -12,12 +12,12 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.modeling.backbone import Backbone, build_resnet_backbone
 from torch import Tensor, nn
 
-from ..config import validate_voting_config
+from ..config import validate_explain_config, validate_voting_config
 from .context_head import build_context_head
 from .local_head import box_deltas, smooth_l1_mean
 from .weights import load_pretrained_backbone
 
-__all__ = ["VotingRCNN", "fuse_predictions"]
+__all__ = ["TRACE_PREFIX", "VotingRCNN", "fuse_predictions"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ INTERMEDIATE_BOX_FIELDS = (
     "context_boxes",
     "deformed_context_boxes",
 )
+# Instance fields of the trace mode (MODEL.EXPLAIN.ENABLED): trace_<level>_<name>
+# for every entry of VotingStage.trace.
+TRACE_PREFIX = "trace_"
 
 
 def fuse_predictions(mu: Tensor, local_boxes: Tensor, local_logits: Tensor, global_boxes: Tensor, global_logits: Tensor):
@@ -66,6 +69,11 @@ class VotingRCNN(GeneralizedRCNN):
         fusion_init: float,
         branch_loss_weights: Dict[str, float],
         return_intermediate: bool,
+        explain: bool = False,
+        explain_top_primitives: int = 5,
+        explain_rank_by: str = "alpha",
+        trace_tau: float = 0.0,
+        trace_normalize: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -77,10 +85,18 @@ class VotingRCNN(GeneralizedRCNN):
         self.fusion_logit = nn.Parameter(torch.tensor(float(fusion_init))) if context_head is not None else None
         self.branch_loss_weights = dict(branch_loss_weights)
         self.return_intermediate = return_intermediate
+        self.explain = explain
+        self.explain_options = {
+            "top": explain_top_primitives,
+            "rank_by": explain_rank_by,
+            "tau": trace_tau,
+            "normalize": trace_normalize,
+        }
 
     @classmethod
     def from_config(cls, cfg):
         validate_voting_config(cfg)
+        validate_explain_config(cfg)
         ret = super().from_config(cfg)
         c = cfg.MODEL.CONTEXT
         context_backbone = context_head = None
@@ -102,6 +118,11 @@ class VotingRCNN(GeneralizedRCNN):
             fusion_init=c.FUSION_INIT,
             branch_loss_weights={"fused": c.LOSS_WEIGHT_FUSED, "local": c.LOSS_WEIGHT_LOCAL, "global": c.LOSS_WEIGHT_GLOBAL},
             return_intermediate=cfg.MODEL.VOTING.RETURN_INTERMEDIATE,
+            explain=cfg.MODEL.EXPLAIN.ENABLED,
+            explain_top_primitives=cfg.MODEL.EXPLAIN.TOP_PRIMITIVES,
+            explain_rank_by=cfg.MODEL.EXPLAIN.RANK_BY,
+            trace_tau=cfg.MODEL.VOTING.TRACE_TAU,
+            trace_normalize=cfg.MODEL.VOTING.TRACE_NORMALIZE,
         )
         return ret
 
@@ -115,9 +136,9 @@ class VotingRCNN(GeneralizedRCNN):
             batched_inputs = [{"image": x["image"].float().mean(dim=0, keepdim=True)} for x in batched_inputs]
         return super().preprocess_image(batched_inputs)
 
-    def _branches(self, images, features, proposals, targets=None):
+    def _branches(self, images, features, proposals, targets=None, primitive_masks=None):
         """Local stages, and (when enabled) context head and fusion, per proposal."""
-        local = self.roi_heads.run_stages(features, proposals, targets)
+        local = self.roi_heads.run_stages(features, proposals, targets, primitive_masks)
         result = {"local": local, "boxes": local[-1]["pred_boxes"], "probs": F.softmax(local[-1]["logits"], dim=1)}
         if self.context_head is not None:
             context_features = self.context_backbone(images.tensor)[self.context_feature]
@@ -163,15 +184,32 @@ class VotingRCNN(GeneralizedRCNN):
             "loss_fused_box": smooth_l1_mean(pred, target, self.roi_heads.smooth_l1_beta, num),
         }
 
-    def inference(self, batched_inputs, detected_instances=None, do_postprocess: bool = True):
+    def inference(
+        self,
+        batched_inputs,
+        detected_instances=None,
+        do_postprocess: bool = True,
+        primitive_masks: Optional[Dict[str, Tensor]] = None,
+    ):
+        """detectron2's inference; ``primitive_masks`` (level -> ``(K,)`` mask, 0 =
+        deleted) removes primitives from the local branch (the deletion test).
+        With ``MODEL.EXPLAIN.ENABLED`` every detection also carries the
+        intermediate fields, its ``proposal_index`` (into the concatenated
+        proposals of the batch) and its trace (``trace_<level>_<name>``, see
+        :meth:`VotingStage.trace`)."""
         if detected_instances is not None:
             raise NotImplementedError("VotingRCNN predicts its own boxes; detected_instances is not supported")
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         proposals, _ = self.proposal_generator(images, features, None)
-        out = self._branches(images, features, proposals)
-        extras = self._intermediate(out, proposals) if self.return_intermediate else {}
+        out = self._branches(images, features, proposals, primitive_masks=primitive_masks)
+        extras = self._intermediate(out, proposals) if self.return_intermediate or self.explain else {}
+        if self.explain:
+            extras["proposal_index"] = torch.arange(len(out["boxes"]), device=out["boxes"].device)
         results = self.roi_heads.predict_instances(out["boxes"], out["probs"], proposals, extras)
+        if self.explain:
+            for result in results:
+                self._attach_trace(result, out["local"])
         if not do_postprocess:
             return results
         for result, inputs, size in zip(results, batched_inputs, images.image_sizes):
@@ -197,11 +235,27 @@ class VotingRCNN(GeneralizedRCNN):
             )
         return extras
 
+    def _attach_trace(self, result, local: List[Dict[str, Tensor]]) -> None:
+        """Set ``trace_<level>_<name>`` on the detections of one image from the
+        levels' per-proposal outputs, for the proposals they came from."""
+        index = result.proposal_index
+        for level, stage, stage_out in zip(self.roi_heads.levels, self.roi_heads.stages, local):
+            selected = {name: value[index] for name, value in stage_out.items()}
+            for name, value in stage.trace(selected, **self.explain_options).items():
+                result.set(f"{TRACE_PREFIX}{level}_{name}", value)
+
     def _rescale_intermediate(self, result, height: int, width: int) -> None:
-        """Scale the intermediate box fields to the output size, as detectron2's
-        ``detector_postprocess`` does for ``pred_boxes``."""
+        """Scale the intermediate box and point fields (trace fields included) to
+        the output size, as detectron2's ``detector_postprocess`` does for
+        ``pred_boxes``."""
         scale = result.pred_boxes.tensor.new_tensor([width / result.image_size[1], height / result.image_size[0]] * 2)
         names = list(INTERMEDIATE_BOX_FIELDS) + [f"{level}_boxes" for level in self.roi_heads.levels]
+        names += [
+            f"{TRACE_PREFIX}{level}_{name}"
+            for level, stage in zip(self.roi_heads.levels, self.roi_heads.stages)
+            for name in stage.TRACE_IMAGE_FIELDS
+        ]
         for name in names:
             if result.has(name):
-                result.set(name, result.get(name) * scale)
+                value = result.get(name)
+                result.set(name, value * scale[: value.shape[-1]])

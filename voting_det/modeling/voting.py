@@ -52,6 +52,7 @@ __all__ = [
     "SPATIAL_TEMPLATE_INIT_SIGMA_FRACTION",
     "PrimitiveVoting",
     "bilinear_cell_weights",
+    "cell_centres_of",
     "contributions",
     "contributions_bilinear",
     "enlarge_boxes",
@@ -61,6 +62,7 @@ __all__ = [
     "image_to_grid",
     "interpolate_bilinear",
     "kmeans_semantic_templates",
+    "mask_primitives",
     "nearest_cell_index",
     "normalize_features",
     "reconstruct",
@@ -126,6 +128,28 @@ def response_maps(gamma_n: Tensor, v_n: Tensor) -> Tensor:
         Response maps ``Rs``: ``(R, K, M, N)``, values in ``[0, 1]``.
     """
     return torch.einsum("rcmn,kc->rkmn", gamma_n, v_n).clamp_min(0)
+
+
+def mask_primitives(Rs: Tensor, primitive_mask: Tensor) -> Tensor:
+    """Delete primitives: ``Rs_k * mask_k``, the intervention of the deletion test
+    (docs/interpretation.md). A primitive with mask 0 neither detects nor votes:
+    its response map is 0 wherever it is read afterwards (the vote of Eq. 2, whose
+    1/K is kept, and the mean response that gates FC_L).
+
+    Args:
+        Rs: ``(R, K, M, N)`` response maps.
+        primitive_mask: ``(K,)`` (the same for every proposal) or ``(R, K)``
+            multipliers, 1 = kept, 0 = deleted.
+
+    Returns:
+        ``(R, K, M, N)``.
+    """
+    r, k = Rs.shape[:2]
+    if tuple(primitive_mask.shape) not in ((k,), (r, k)):
+        raise ValueError(f"a primitive mask must have shape (K,) = ({k},) or (R, K) = ({r}, {k}), "
+                         f"got {tuple(primitive_mask.shape)}")
+    mask = primitive_mask.to(Rs).expand(r, k)
+    return Rs * mask[:, :, None, None]
 
 
 def spatial_templates(logits: Tensor) -> Tensor:
@@ -319,6 +343,16 @@ def nearest_cell_index(centre_cells: Tensor, grid_size: Tuple[int, int]) -> Tens
     col = centre_cells[:, 0].floor().long().clamp(0, n - 1)
     row = centre_cells[:, 1].floor().long().clamp(0, m - 1)
     return row * n + col
+
+
+def cell_centres_of(index: Tensor, grid_size: Tuple[int, int]) -> Tensor:
+    """``(x, y)`` in cell units of the centres of the cells with flat index
+    ``row * N + col`` (the inverse of :func:`nearest_cell_index`).
+    ``index``: any shape ``S`` -> ``S + (2,)``, floating point."""
+    n = grid_size[1]
+    col = (index % n).to(torch.get_default_dtype())
+    row = torch.div(index, n, rounding_mode="floor").to(col.dtype)
+    return torch.stack([col + _CELL_CENTRE_OFFSET, row + _CELL_CENTRE_OFFSET], dim=-1)
 
 
 def bilinear_cell_weights(centre_cells: Tensor, grid_size: Tuple[int, int]) -> Tensor:
@@ -586,8 +620,11 @@ class PrimitiveVoting(nn.Module):
         """The current spatial templates D_k, ``(K, Hd, Wd)``."""
         return spatial_templates(self.spatial_template_logits)
 
-    def forward(self, gamma: Tensor) -> Dict[str, Tensor]:
+    def forward(self, gamma: Tensor, primitive_mask: Optional[Tensor] = None) -> Dict[str, Tensor]:
         """Detection, vote and location for the crops ``gamma`` ``(R, C, M, N)``.
+
+        ``primitive_mask`` (``(K,)`` or ``(R, K)``, see :func:`mask_primitives`)
+        deletes primitives before they vote; None (the default) keeps them all.
 
         Returns:
             dict with ``response_maps`` Rs ``(R, K, M, N)``, ``vote_heatmap`` Phi
@@ -598,6 +635,8 @@ class PrimitiveVoting(nn.Module):
         if tuple(gamma.shape[2:]) != self.grid_size:
             raise ValueError(f"expected crops of size {self.grid_size}, got {tuple(gamma.shape[2:])}")
         Rs = response_maps(normalize_features(gamma, self.eps), semantic_templates(self.semantic_templates, self.eps))
+        if primitive_mask is not None:
+            Rs = mask_primitives(Rs, primitive_mask)
         Phi = vote(Rs, self.spatial_templates())
         p, centre_cells = soft_argmax(Phi, self.log_temperature, *self.log_temperature_range, eps=self.eps)
         return {"response_maps": Rs, "vote_heatmap": Phi, "probabilities": p, "centre_cells": centre_cells}

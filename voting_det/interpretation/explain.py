@@ -1,0 +1,143 @@
+"""What ``tools/explain.py``, ``tools/primitive_atlas.py`` and
+``tools/faithfulness.py`` share: the config, the inputs (image files or a
+registered data set), and writing one panel + JSON trace per image."""
+import logging
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from tqdm import tqdm
+
+from ..config import add_voting_config, merge_config_file, resolve_device
+from ..inference import list_images
+from .panel import render_panel
+from .trace import Explainer, check_new_paths, image_trace, load_image, save_json
+
+__all__ = [
+    "class_names_of",
+    "common_root",
+    "dataset_records",
+    "explain_images",
+    "gt_boxes",
+    "input_records",
+    "output_stem",
+    "setup_cfg",
+]
+
+logger = logging.getLogger(__name__)
+
+# Detections per image written to the JSON trace by default (the panel shows the top one).
+DEFAULT_DETECTIONS = 3
+
+
+def setup_cfg(config_file: str, opts: Sequence[str] = (), top: Optional[int] = None) -> CfgNode:
+    """get_cfg + voting_det's keys + the file + ``KEY VALUE`` overrides, on the
+    CPU when there is no CUDA; frozen. ``top`` sets ``MODEL.EXPLAIN.TOP_PRIMITIVES``."""
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"--config-file {config_file}: not found; give the config.yaml next to the model "
+                                "(e.g. output/demo/stage2_voting/config.yaml)")
+    cfg = get_cfg()
+    add_voting_config(cfg)
+    merge_config_file(cfg, config_file)
+    cfg.merge_from_list(list(opts))
+    if top is not None:
+        cfg.MODEL.EXPLAIN.TOP_PRIMITIVES = top
+    resolve_device(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def dataset_records(name: str, num_images: Optional[int] = None) -> List[Dict]:
+    """The first ``num_images`` records of a registered data set (all when None)."""
+    if name not in DatasetCatalog.list():
+        nt = sorted(n for n in DatasetCatalog.list() if n.startswith("nt"))
+        raise KeyError(f"--dataset {name}: not a registered data set; voting_det registers {nt} "
+                       "(below $DETECTRON2_DATASETS; make demo or tools/convert_fetus_framework.py create them)")
+    records = DatasetCatalog.get(name)
+    return records if num_images is None else records[:num_images]
+
+
+def input_records(path: str) -> Tuple[str, List[Dict]]:
+    """``(root, records)`` for an image or a folder (searched recursively): one
+    record per image with ``file_name`` (and no annotations)."""
+    root, files = list_images(path)
+    if not files:
+        raise FileNotFoundError(f"--input {path}: no image (.png, .jpg, .jpeg, .bmp, .tif, .tiff) found")
+    return root, [{"file_name": os.path.join(root, f)} for f in files]
+
+
+def gt_boxes(record: Dict) -> Optional[List[List[float]]]:
+    """The record's ground-truth boxes (XYXY), or None when it has no annotations."""
+    if "annotations" not in record:
+        return None
+    return [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+            for a in record["annotations"]]
+
+
+def output_stem(record: Dict, root: str, out_dir: str) -> str:
+    """``out_dir`` / the image's path relative to ``root`` without its extension."""
+    relative = os.path.relpath(record["file_name"], root)
+    return os.path.join(out_dir, os.path.splitext(relative)[0])
+
+
+def explain_images(
+    explainer: Explainer,
+    records: Sequence[Dict],
+    root: str,
+    out_dir: str,
+    detections: int = DEFAULT_DETECTIONS,
+    class_names: Optional[Sequence[str]] = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> List[Tuple[str, str]]:
+    """For every record, ``<stem>.png`` (the panel of the top detection, with
+    the ground truth when the record has annotations) and ``<stem>.json`` (the
+    trace of its top ``detections``), ``<stem>`` from :func:`output_stem`.
+
+    Every output path is checked before anything is written (existing files are
+    refused unless ``overwrite``). An image without detection gets its JSON
+    (empty ``detections``) and no panel; an unreadable file is skipped with a
+    warning. Returns the (png or "", json) pairs written.
+    """
+    stems = [output_stem(r, root, out_dir) for r in records]
+    if len(set(stems)) != len(stems):
+        raise ValueError("two inputs map to the same output name (same path without extension); rename one")
+    check_new_paths([s + ext for s in stems for ext in (".png", ".json")], overwrite)
+    options = dict(explainer.model.explain_options)
+    written = []
+    for record, stem in tqdm(list(zip(records, stems)), desc="explain", unit="image",
+                             disable=not progress or len(records) < 2):
+        try:
+            image = load_image(record["file_name"])
+        except ValueError as error:
+            logger.warning("skipped: %s", error)
+            continue
+        explanation = explainer(image)
+        trace = image_trace(explanation, explainer.levels, file=os.path.relpath(record["file_name"], root),
+                            max_detections=detections, class_names=class_names, options=options)
+        os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
+        save_json(stem + ".json", trace, overwrite=overwrite)
+        png = ""
+        if trace["detections"]:
+            png = stem + ".png"
+            render_panel(image, trace, png, gt_boxes=gt_boxes(record))
+        else:
+            logger.warning("%s: no detection, so no panel (the JSON trace is written)", record["file_name"])
+        written.append((png, stem + ".json"))
+    return written
+
+
+def class_names_of(cfg: CfgNode) -> Optional[List[str]]:
+    """``thing_classes`` of the config's first test set, if registered with them."""
+    if not len(cfg.DATASETS.TEST) or cfg.DATASETS.TEST[0] not in DatasetCatalog.list():
+        return None
+    return MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes")
+
+
+def common_root(records: Sequence[Dict]) -> str:
+    """The folder holding all the records' images (outputs keep paths below it)."""
+    folders = [os.path.dirname(os.path.abspath(r["file_name"])) for r in records]
+    if not folders:
+        raise ValueError("no image to explain")
+    return os.path.commonpath(folders)

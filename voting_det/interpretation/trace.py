@@ -1,0 +1,280 @@
+"""Explanations from a trained model: the trace mode of :class:`VotingRCNN` run
+like detectron2's ``DefaultPredictor``, and its JSON form.
+
+:class:`Explainer` builds the model with ``MODEL.EXPLAIN.ENABLED`` (every
+detection then carries its trace as ``trace_<level>_<name>`` fields, see
+:meth:`voting_det.modeling.VotingStage.trace`), runs it on a BGR image of any
+size exactly as ``DefaultPredictor`` does, and also keeps the backbone features
+and the proposals of that run, so the deletion test can intervene on the local
+branch without recomputing them (:mod:`voting_det.interpretation.faithfulness`).
+
+:func:`image_trace` turns one image's detections into a JSON-serialisable dict
+(arrays as nested lists, boxes and points in image pixels, XYXY), the format
+``tools/explain.py`` writes; :func:`save_json` / :func:`load_json` write and read it.
+"""
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.engine import DefaultPredictor
+from detectron2.structures import Instances
+
+from ..modeling.meta_arch import TRACE_PREFIX
+
+__all__ = [
+    "TRACE_FORMAT",
+    "Explainer",
+    "Explanation",
+    "as_bgr",
+    "check_new_paths",
+    "image_trace",
+    "load_image",
+    "load_json",
+    "save_json",
+    "to_jsonable",
+]
+
+# Name and version of the JSON trace format written by image_trace.
+TRACE_FORMAT = "voting_det.trace/1"
+# Significant digits of the floats written to JSON (float32 carries about 7).
+JSON_SIGNIFICANT_DIGITS = 6
+# Meta-architecture whose trace mode the explanations read.
+VOTING_META_ARCHITECTURE = "VotingRCNN"
+
+
+def load_image(path: str) -> np.ndarray:
+    """An image file as detectron2's loaders give it: ``(H, W, 3)`` uint8 BGR
+    (grey replicated, 16-bit reduced to 8-bit, alpha dropped)."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: not an image OpenCV can read (missing, corrupt, or an unknown format); "
+                         "check the file, or leave it out of the input")
+    return image
+
+
+def as_bgr(image: np.ndarray) -> np.ndarray:
+    """A grey ``(H, W)``, ``(H, W, 1)``, BGR or BGRA array as ``(H, W, 3)`` uint8 BGR."""
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        image = cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2BGR)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a grey or BGR image, got an array of shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected an 8-bit image, got {image.dtype}; "
+                         "load files with voting_det.interpretation.load_image")
+    return np.ascontiguousarray(image)
+
+
+def check_new_paths(paths: Sequence[str], overwrite: bool) -> None:
+    """Refuse to replace existing files unless ``overwrite``: raises
+    FileExistsError listing them (at most 5) and saying what to do."""
+    existing = [p for p in paths if os.path.exists(p)]
+    if existing and not overwrite:
+        shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
+        raise FileExistsError(f"{shown} already exist(s); pass --overwrite to replace, or choose another --output")
+
+
+@dataclass
+class Explanation:
+    """One image through :class:`Explainer`.
+
+    Attributes:
+        instances: the detections in image pixels, with the intermediate and
+            trace fields and ``proposal_index``.
+        features: the local backbone's feature maps (model-input scale).
+        proposals: the RPN proposals (``proposal_boxes`` in model-input pixels).
+        image_size: ``(H, W)`` of the image.
+        input_size: ``(h, w)`` of the resized model input.
+    """
+
+    instances: Instances
+    features: Dict[str, torch.Tensor]
+    proposals: Instances
+    image_size: Tuple[int, int]
+    input_size: Tuple[int, int]
+
+    @property
+    def scale(self) -> Tuple[float, float]:
+        """``(sx, sy)``: image pixels per model-input pixel."""
+        return self.image_size[1] / self.input_size[1], self.image_size[0] / self.input_size[0]
+
+
+class Explainer:
+    """A trained voting_det model in trace mode, run as ``DefaultPredictor`` runs it.
+
+    Args:
+        cfg: a voting_det config (``MODEL.META_ARCHITECTURE: VotingRCNN``) with
+            ``MODEL.WEIGHTS``; ``MODEL.EXPLAIN.ENABLED`` is switched on in a copy.
+        top_primitives: overrides ``MODEL.EXPLAIN.TOP_PRIMITIVES`` when given.
+    """
+
+    def __init__(self, cfg: CfgNode, top_primitives: Optional[int] = None):
+        if cfg.MODEL.META_ARCHITECTURE != VOTING_META_ARCHITECTURE:
+            raise ValueError(
+                f"config key MODEL.META_ARCHITECTURE: explanations need voting_det's {VOTING_META_ARCHITECTURE} "
+                f"(configs/nt_ls.yaml, nt_lcf.yaml or nt_voting.yaml), got {cfg.MODEL.META_ARCHITECTURE!r}"
+            )
+        weights = cfg.MODEL.WEIGHTS
+        if weights and "://" not in weights and not os.path.isfile(weights):
+            raise FileNotFoundError(
+                f"config key MODEL.WEIGHTS: {weights} not found; give the model_final.pth of a trained model"
+            )
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.EXPLAIN.ENABLED = True
+        if top_primitives is not None:
+            cfg.MODEL.EXPLAIN.TOP_PRIMITIVES = top_primitives
+        cfg.freeze()
+        self.cfg = cfg
+        self.predictor = DefaultPredictor(cfg)
+        self.model = self.predictor.model
+        self.levels: List[str] = list(self.model.roi_heads.levels)
+
+    @property
+    def num_primitives(self) -> Dict[str, int]:
+        """K of every level."""
+        stages = self.model.roi_heads.stages
+        return {lvl: s.primitives.semantic_templates.shape[0] for lvl, s in zip(self.levels, stages)}
+
+    @property
+    def grid_sizes(self) -> Dict[str, Tuple[int, int]]:
+        """``(M, N)`` of every level."""
+        return {lvl: tuple(s.grid_size) for lvl, s in zip(self.levels, self.model.roi_heads.stages)}
+
+    def __call__(self, image: np.ndarray) -> Explanation:
+        """Explain the detections of one grey or BGR uint8 image, any size."""
+        image = as_bgr(image)
+        captured = {}
+        hooks = [
+            self.model.backbone.register_forward_hook(lambda m, i, o: captured.update(features=o)),
+            self.model.proposal_generator.register_forward_hook(
+                lambda m, i, o: captured.update(input_size=tuple(i[0].image_sizes[0]), proposals=o[0][0])
+            ),
+        ]
+        try:
+            instances = self.predictor(image)["instances"].to("cpu")
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return Explanation(
+            instances=instances,
+            features=captured["features"],
+            proposals=captured["proposals"],
+            image_size=tuple(image.shape[:2]),
+            input_size=captured["input_size"],
+        )
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.{JSON_SIGNIFICANT_DIGITS}g}")
+
+
+def to_jsonable(value):
+    """Tensors and arrays as nested lists of Python numbers (floats rounded to
+    :data:`JSON_SIGNIFICANT_DIGITS` significant digits), recursively."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "iub":
+            return value.tolist()
+        return to_jsonable(value.astype(np.float64).tolist())
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return _round(float(value)) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _detection(instances: Instances, i: int, levels: Sequence[str]) -> Dict:
+    """The JSON dict of detection ``i``."""
+    get = lambda name: instances.get(name)[i] if instances.has(name) else None  # noqa: E731
+    cls = int(instances.pred_classes[i])
+    det = {
+        "rank": i + 1,
+        "class": cls,
+        "score": instances.scores[i],
+        "box": instances.pred_boxes.tensor[i],
+        "proposal_index": get("proposal_index"),
+        "proposal_box": get("proposal_boxes"),
+        "local": {"box": get("local_boxes"), "probs": get("local_probs")},
+        "global": None,
+        "mu": get("mu"),
+        "context_boxes": get("context_boxes"),
+        "deformed_context_boxes": get("deformed_context_boxes"),
+        "levels": {},
+    }
+    if instances.has("global_boxes"):
+        det["global"] = {"box": get("global_boxes"), "probs": get("global_probs")}
+    for level in levels:
+        prefix = f"{TRACE_PREFIX}{level}_"
+        det["levels"][level] = {
+            name[len(prefix):]: value[i] for name, value in instances.get_fields().items() if name.startswith(prefix)
+        }
+    return to_jsonable(det)
+
+
+def image_trace(
+    explanation: Explanation,
+    levels: Sequence[str],
+    file: Optional[str] = None,
+    max_detections: Optional[int] = None,
+    class_names: Optional[Sequence[str]] = None,
+    options: Optional[Dict] = None,
+) -> Dict:
+    """One image's trace as a JSON-serialisable dict (``TRACE_FORMAT``).
+
+    Args:
+        explanation: :class:`Explainer`'s result.
+        levels: the model's levels, coarse to fine.
+        file: the image's path, recorded as given.
+        max_detections: keep the top ones only (they are sorted by score).
+        class_names: recorded when given.
+        options: recorded as ``"options"`` (e.g. rank_by, tau).
+
+    Returns:
+        ``{"format", "file", "image_size": [H, W], "model_input_size": [h, w],
+        "levels", "class_names", "options", "detections": [...]}``; each
+        detection has ``rank``, ``class``, ``score``, ``box``, ``proposal_index``,
+        ``proposal_box``, ``local`` / ``global`` (``box``, ``probs``), ``mu``,
+        ``context_boxes`` and ``deformed_context_boxes`` (O x 4; absent parts
+        ``null``), and ``levels[<level>]`` with the fields of
+        :meth:`VotingStage.trace`.
+    """
+    instances = explanation.instances
+    count = len(instances) if max_detections is None else min(len(instances), max_detections)
+    return {
+        "format": TRACE_FORMAT,
+        "file": file,
+        "image_size": list(explanation.image_size),
+        "model_input_size": list(explanation.input_size),
+        "levels": list(levels),
+        "class_names": list(class_names) if class_names is not None else None,
+        "options": to_jsonable(options or {}),
+        "detections": [_detection(instances, i, levels) for i in range(count)],
+    }
+
+
+def save_json(path: str, data: Dict, overwrite: bool = False, indent: Optional[int] = None) -> None:
+    """Write ``data`` as JSON, atomically; refuses an existing file unless ``overwrite``."""
+    check_new_paths([path], overwrite)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.writing"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=indent, separators=None if indent else (",", ":"), allow_nan=False)
+    os.replace(tmp, path)
+
+
+def load_json(path: str) -> Dict:
+    """Read a trace (or any JSON) written by :func:`save_json`."""
+    with open(path) as f:
+        return json.load(f)
