@@ -23,10 +23,10 @@ from detectron2.data import MetadataCatalog
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import voting_det  # noqa: F401  (registers the data sets and the model)
+from voting_det.inference import class_names_from_cfg
 from voting_det.interpretation import Explainer
 from voting_det.interpretation.explain import (
     DEFAULT_DETECTIONS,
-    class_names_of,
     common_root,
     dataset_records,
     explain_images,
@@ -64,7 +64,7 @@ def main(argv=None):
     cfg = setup_cfg(args.config_file, args.opts, args.top)
     if args.input is not None:
         root, records = input_records(args.input)
-        class_names = class_names_of(cfg)
+        class_names = class_names_from_cfg(cfg)
     else:
         records = dataset_records(args.dataset, args.num_images)
         root = common_root(records)

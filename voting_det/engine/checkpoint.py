@@ -19,9 +19,9 @@ import pickle
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["SafeCheckpointer", "UnsafeWeightsError", "check_weights_file", "PICKLE_SUFFIXES"]
+from ..modeling.weights import PICKLE_SUFFIXES
 
-PICKLE_SUFFIXES = (".pkl", ".pickle")
+__all__ = ["SafeCheckpointer", "UnsafeWeightsError"]
 
 
 class UnsafeWeightsError(ValueError):
@@ -45,16 +45,6 @@ def _safe_load(path: str, trust_pickle: bool):
             f"refuses ({str(e).splitlines()[0]}); re-save its state dict, or set MODEL.CHECKPOINT.TRUST_PICKLE True "
             "if you trust where it comes from"
         ) from e
-
-
-def check_weights_file(path: str, trust_pickle: bool = False) -> None:
-    """Pre-flight for code that loads ``path`` with detectron2's own
-    checkpointer (``DefaultPredictor``): raise unless it reads safely."""
-    if not path:
-        return
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.WEIGHTS {path}: no such file")
-    _safe_load(path, trust_pickle)
 
 
 class SafeCheckpointer(DetectionCheckpointer):

@@ -185,7 +185,7 @@ def evaluate_records(records, settings: dict, lroc_threshold: Optional[float] = 
     else:
         notes.append("LROC AUC / SEN / SPE not computed: the set has no negative images")
     return {"metrics": metrics, "ci95": intervals, "curves": curves, "settings": settings, "notes": notes,
-            "num_bootstrap": num_bootstrap}
+            "num_bootstrap": num_bootstrap, "stats": stats}
 
 
 def _atomic_write(path: str, text: str) -> None:
@@ -203,7 +203,7 @@ def write_outputs(output_dir: str, dataset_name: str, records, result: dict) -> 
     _atomic_write(os.path.join(output_dir, METRICS_FILE), json.dumps(
         {"dataset": dataset_name, "metrics": result["metrics"], "ci95": result["ci95"], "settings": result["settings"],
          "notes": result["notes"], "num_bootstrap": result["num_bootstrap"]}, indent=1, default=float))
-    stats = M.analyse(records, iou=result["settings"].get("match_iou", 0.5))
+    stats = result["stats"]
     rows = []
     for i, r in enumerate(records):
         top = r["boxes"][0] if r["boxes"] else [None] * 4

@@ -159,13 +159,15 @@ def analyse(records: Sequence[dict], iou: float = 0.5, lenient_iou: float = 0.3,
         gt = np.asarray(r.get("gt", []), dtype=np.float64).reshape(-1, 4)
         boxes, scores = _sorted_detections(r)
         s.n_gt[i] = len(gt)
-        # all detections (FROC)
-        det_to_gt, gt_to_det = match_detections(gt, boxes, iou)
+        # all detections (FROC); greedy matching in score order is prefix-consistent,
+        # so the top-N slots (paper-style) are matched by the first N of it
+        det_to_gt, _ = match_detections(gt, boxes, iou)
         froc_scores.append(scores)
         froc_tp.append(det_to_gt >= 0)
-        # the top-N slots (paper-style)
         k = min(top_n, len(boxes))
-        d2g, g2d = match_detections(gt, boxes[:k], iou)
+        d2g = det_to_gt[:k]
+        g2d = np.full(len(gt), -1, dtype=np.int64)
+        g2d[d2g[d2g >= 0]] = np.flatnonzero(d2g >= 0)
         pos_scores.append(np.where(g2d >= 0, scores[:k][np.clip(g2d, 0, None)] if k else -np.inf, -np.inf))
         neg_scores.append(np.concatenate([scores[:k][d2g < 0], np.full(top_n - k, -np.inf)]))
         if len(boxes):

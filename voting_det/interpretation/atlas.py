@@ -26,7 +26,7 @@ from matplotlib.patches import Rectangle
 from tqdm import tqdm
 
 from ..modeling.meta_arch import TRACE_PREFIX
-from .trace import Explainer, check_new_paths, load_image, save_json, to_jsonable
+from .trace import Explainer, check_new_paths, gt_boxes, load_image, save_json, to_jsonable
 
 __all__ = [
     "ATLAS_RANKINGS",
@@ -78,14 +78,6 @@ def receptive_field(backbone, level: str) -> Tuple[int, int]:
     return size, jump
 
 
-def _gt_boxes(record: Dict) -> List[List[float]]:
-    boxes = []
-    for ann in record.get("annotations", []):
-        x, y, w, h = ann["bbox"]
-        boxes.append([x, y, x + w, y + h])
-    return boxes
-
-
 def collect_atlas(explainer: Explainer, records: Sequence[Dict], progress: bool = True) -> Dict:
     """Trace the top detection of every image of ``records`` (detectron2 dicts:
     ``file_name``, optional ``annotations``; records without the key
@@ -118,7 +110,7 @@ def collect_atlas(explainer: Explainer, records: Sequence[Dict], progress: bool 
             continue
         correct = None
         if "annotations" in record:
-            gts = _gt_boxes(record)
+            gts = gt_boxes(record) or []
             correct = bool(gts) and float(
                 pairwise_iou(inst.pred_boxes[:1], Boxes(np.asarray(gts, dtype=np.float32))).max()) > CORRECT_IOU
         data["images"].append({"file": record["file_name"], "scale": list(explanation.scale), "correct": correct})

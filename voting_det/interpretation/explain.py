@@ -6,16 +6,15 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 from tqdm import tqdm
 
 from ..config import add_voting_config, merge_config_file, resolve_device
 from ..inference import list_images
 from .panel import render_panel
-from .trace import Explainer, check_new_paths, image_trace, load_image, save_json
+from .trace import Explainer, check_new_paths, gt_boxes, image_trace, load_image, save_json
 
 __all__ = [
-    "class_names_of",
     "common_root",
     "dataset_records",
     "explain_images",
@@ -65,14 +64,6 @@ def input_records(path: str) -> Tuple[str, List[Dict]]:
     if not files:
         raise FileNotFoundError(f"--input {path}: no image (.png, .jpg, .jpeg, .bmp, .tif, .tiff) found")
     return root, [{"file_name": os.path.join(root, f)} for f in files]
-
-
-def gt_boxes(record: Dict) -> Optional[List[List[float]]]:
-    """The record's ground-truth boxes (XYXY), or None when it has no annotations."""
-    if "annotations" not in record:
-        return None
-    return [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-            for a in record["annotations"]]
 
 
 def output_stem(record: Dict, root: str, out_dir: str) -> str:
@@ -126,13 +117,6 @@ def explain_images(
             logger.warning("%s: no detection, so no panel (the JSON trace is written)", record["file_name"])
         written.append((png, stem + ".json"))
     return written
-
-
-def class_names_of(cfg: CfgNode) -> Optional[List[str]]:
-    """``thing_classes`` of the config's first test set, if registered with them."""
-    if not len(cfg.DATASETS.TEST) or cfg.DATASETS.TEST[0] not in DatasetCatalog.list():
-        return None
-    return MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes")
 
 
 def common_root(records: Sequence[Dict]) -> str:

@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 import torch
 from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.structures.boxes import matched_pairwise_iou
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
@@ -181,10 +182,6 @@ class LocalIntervention:
         return result
 
 
-def _diagonal_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.stack([pairwise_iou(Boxes(x[None]), Boxes(y[None]))[0, 0] for x, y in zip(a, b)])
-
-
 def _measure(result: Dict, baseline: Dict, cls: int) -> Dict[str, np.ndarray]:
     """The metrics of every row of ``result`` relative to ``baseline``."""
     rows = len(result["local_boxes"])
@@ -192,9 +189,9 @@ def _measure(result: Dict, baseline: Dict, cls: int) -> Dict[str, np.ndarray]:
     base_fused = baseline["boxes"].expand(rows, 4)
     centre = lambda b: (b[:, :2] + b[:, 2:]) / 2  # noqa: E731
     return {
-        "local_box_shift": (1 - _diagonal_iou(result["local_boxes"], base_local)).numpy(),
+        "local_box_shift": (1 - matched_pairwise_iou(Boxes(result["local_boxes"]), Boxes(base_local))).numpy(),
         "local_centre_shift_px": (centre(result["local_boxes"]) - centre(base_local)).norm(dim=1).numpy(),
-        "fused_box_shift": (1 - _diagonal_iou(result["boxes"], base_fused)).numpy(),
+        "fused_box_shift": (1 - matched_pairwise_iou(Boxes(result["boxes"]), Boxes(base_fused))).numpy(),
         "score_drop": (baseline["probs"][cls] - result["probs"][:, cls]).numpy(),
         "local_score_drop": (baseline["local_probs"][cls] - result["local_probs"][:, cls]).numpy(),
     }

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultPredictor
-from detectron2.structures import Instances
+from detectron2.structures import BoxMode, Instances
 
 from ..modeling.meta_arch import TRACE_PREFIX
 
@@ -278,3 +278,12 @@ def load_json(path: str) -> Dict:
     """Read a trace (or any JSON) written by :func:`save_json`."""
     with open(path) as f:
         return json.load(f)
+
+
+def gt_boxes(record: Dict) -> Optional[List[List[float]]]:
+    """A data set record's ground-truth boxes (XYXY pixels, any ``bbox_mode``),
+    or None when it has no annotations."""
+    if "annotations" not in record:
+        return None
+    return [list(BoxMode.convert(list(a["bbox"]), a.get("bbox_mode", BoxMode.XYWH_ABS), BoxMode.XYXY_ABS))
+            for a in record["annotations"]]
