@@ -49,6 +49,7 @@ class ContextHead(nn.Module):
         num_classes: int,
         layout: Tensor,
         union_resolution: Tuple[int, int],
+        union_sampling_ratio: int,
         box_resolution: Tuple[int, int],
         deform_gamma: float,
         fc_g1_dims: Sequence[int],
@@ -65,7 +66,9 @@ class ContextHead(nn.Module):
         self.spatial_scale = 1.0 / stride
         self.box_resolution = tuple(box_resolution)
         self.deform_gamma = deform_gamma
-        self.union_pooler = ROIPooler(tuple(union_resolution), (self.spatial_scale,), 0, "ROIAlignV2")
+        self.union_pooler = ROIPooler(
+            tuple(union_resolution), (self.spatial_scale,), union_sampling_ratio, "ROIAlignV2"
+        )
         self.fc_g1, dim = mlp(channels * union_resolution[0] * union_resolution[1], fc_g1_dims)
         self.offset_pred = nn.Linear(dim, num_boxes * 2)
         nn.init.zeros_(self.offset_pred.weight)  # starts at the fixed layout
@@ -89,6 +92,7 @@ class ContextHead(nn.Module):
             "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             "layout": context_layout(c.NUM_BOXES, c.LAYOUT or None),
             "union_resolution": tuple(c.UNION_POOLER_RESOLUTION),
+            "union_sampling_ratio": c.UNION_POOLER_SAMPLING_RATIO,
             "box_resolution": tuple(c.BOX_POOLER_RESOLUTION),
             "deform_gamma": c.DEFORM_GAMMA,
             "fc_g1_dims": c.FC_G1_DIMS,
