@@ -7,7 +7,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 
-.PHONY: help setup demo test test-fast synthetic convert-real clean-demo benchmark benchmark-synthetic ablations tables synthetic-data
+.PHONY: help setup demo test test-fast synthetic convert-real clean-demo benchmark benchmark-synthetic ablations tables synthetic-data benchmark-speed
 
 help:
 	@echo "make demo          set up, then generate synthetic NT data, train LCF then Proposed, evaluate, draw predictions"
@@ -19,6 +19,7 @@ help:
 	@echo "make ablations     Tables 2 and 3 (K, O) on the real data, cpu profile, fold 0"
 	@echo "make benchmark-synthetic  Table 1 on the built-in synthetic set (make demo's: 240 images, seed 0)"
 	@echo "make tables        rewrite the committed tables from the finished runs (no training)"
+	@echo "make benchmark-speed  time every Table 1 model side by side (CPU, ~12 min; SPEED_DEVICE=cuda on a GPU)"
 
 setup:
 	@VENV=$(VENV) PYTHON=$(PYTHON) bash tools/install.sh
@@ -65,3 +66,9 @@ benchmark-synthetic: synthetic-data
 
 tables: setup
 	$(PY) tools/benchmark.py --profile cpu --folds $(BENCH_FOLDS) --methods table1 --root $(BENCH_ROOT) --tabulate-only --out $(RESULTS)/table1_cpu_real
+
+# Speed, memory, FLOPs of every Table 1 model, interleaved in one process (issue 6)
+SPEED_DEVICE ?= cpu
+SPEED_OUT    ?= $(RESULTS)/speed_$(SPEED_DEVICE)
+benchmark-speed: setup
+	$(PY) tools/benchmark_speed.py --device $(SPEED_DEVICE) --profile --out $(SPEED_OUT)

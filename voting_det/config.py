@@ -167,6 +167,11 @@ def _add_voting_model_config(cfg: CN) -> None:
     # Attach intermediate boxes (proposal, coarse, fine, local, global, context) to
     # each output instance.
     v.RETURN_INTERMEDIATE = False
+    # Run the ResNet stems (7x7 convolution, norm, 3x3 max-pool) of both
+    # backbones in channels-last memory format, the rest as usual. Same numbers
+    # up to float rounding; on CPU the stem's max-pool is ~10x faster that way
+    # and the stem went from ~45% to ~12% of a backbone's time (docs/speed.md).
+    v.CHANNELS_LAST_STEM = True
 
 
 def _add_context_config(cfg: CN) -> None:

@@ -219,8 +219,10 @@ def sample_boxes_bilinear(
             padding_mode="zeros",
             align_corners=False,
         )
-        samples = samples.reshape(channels, count, grid_h, grid_w).transpose(0, 1)
-        crops.append(F.avg_pool2d(samples, sampling_ratio))
+        # pool first (no window straddles two boxes: grid_h = out_h * S), then
+        # move the box axis first on the S*S times smaller result
+        pooled = F.avg_pool2d(samples, sampling_ratio)
+        crops.append(pooled.reshape(channels, count, out_h, out_w).transpose(0, 1))
         order.append(selected)
     sampled = torch.cat(order) if order else batch_index.new_zeros(0)
     if sampled.numel() != boxes.shape[0]:

@@ -17,7 +17,7 @@ from .context_head import build_context_head
 from .local_head import box_deltas, smooth_l1_mean
 from .weights import load_pretrained_backbone
 
-__all__ = ["TRACE_PREFIX", "VotingRCNN", "fuse_predictions"]
+__all__ = ["TRACE_PREFIX", "VotingRCNN", "fuse_predictions", "use_channels_last_stem"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,28 @@ INTERMEDIATE_BOX_FIELDS = (
 # Instance fields of the trace mode (MODEL.EXPLAIN.ENABLED): trace_<level>_<name>
 # for every entry of VotingStage.trace.
 TRACE_PREFIX = "trace_"
+
+
+def _channels_last_input(module, inputs):
+    return tuple(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs)
+
+
+def _contiguous_output(module, inputs, output):
+    return output.contiguous()
+
+
+def use_channels_last_stem(backbone: nn.Module) -> bool:
+    """Make a detectron2 ResNet's ``stem`` compute in channels-last memory
+    format (weights and input) and hand a contiguous map to the stages, through
+    forward hooks, so parameter names and checkpoints are unchanged. Returns
+    False (and does nothing) for a backbone without a ``stem``."""
+    stem = getattr(backbone, "stem", None)
+    if stem is None:
+        return False
+    stem.to(memory_format=torch.channels_last)
+    stem.register_forward_pre_hook(_channels_last_input)
+    stem.register_forward_hook(_contiguous_output)
+    return True
 
 
 def fuse_predictions(mu: Tensor, local_boxes: Tensor, local_logits: Tensor, global_boxes: Tensor, global_logits: Tensor):
@@ -74,9 +96,14 @@ class VotingRCNN(GeneralizedRCNN):
         explain_rank_by: str = "alpha",
         trace_tau: float = 0.0,
         trace_normalize: bool = False,
+        channels_last_stem: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if channels_last_stem:
+            for backbone in (self.backbone, context_backbone):
+                if backbone is not None:
+                    use_channels_last_stem(backbone)
         if (context_backbone is None) != (context_head is None):
             raise ValueError("context_backbone and context_head must be given together")
         self.context_backbone = context_backbone
@@ -123,6 +150,7 @@ class VotingRCNN(GeneralizedRCNN):
             explain_rank_by=cfg.MODEL.EXPLAIN.RANK_BY,
             trace_tau=cfg.MODEL.VOTING.TRACE_TAU,
             trace_normalize=cfg.MODEL.VOTING.TRACE_NORMALIZE,
+            channels_last_stem=cfg.MODEL.VOTING.CHANNELS_LAST_STEM,
         )
         return ret
 

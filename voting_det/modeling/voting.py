@@ -166,12 +166,26 @@ def _vote_index(grid_size: Tuple[int, int], kernel_size: Tuple[int, int], device
     entry ``[i, j]`` is the position of displacement ``j - i`` from the kernel
     centre, or the padding position when ``j - i`` lies outside the kernel."""
     (m, n), (kh, kw) = grid_size, kernel_size
-    rows, cols = torch.meshgrid(torch.arange(m, device=device), torch.arange(n, device=device), indexing="ij")
-    rows, cols = rows.reshape(-1), cols.reshape(-1)
-    du = rows[None, :] - rows[:, None] + kh // 2
-    dv = cols[None, :] - cols[:, None] + kw // 2
-    inside = (du >= 0) & (du < kh) & (dv >= 0) & (dv < kw)
-    return torch.where(inside, du * kw + dv, torch.full_like(du, kh * kw))
+    # a normal tensor even when first asked for under torch.inference_mode: the
+    # cached index is reused by training, which saves it for backward
+    with torch.inference_mode(False):
+        rows, cols = torch.meshgrid(torch.arange(m, device=device), torch.arange(n, device=device), indexing="ij")
+        rows, cols = rows.reshape(-1), cols.reshape(-1)
+        du = rows[None, :] - rows[:, None] + kh // 2
+        dv = cols[None, :] - cols[:, None] + kw // 2
+        inside = (du >= 0) & (du < kh) & (dv >= 0) & (dv < kw)
+        return torch.where(inside, du * kw + dv, torch.full_like(du, kh * kw))
+
+
+def _operator_of(D: Tensor, grid_size: Tuple[int, int], operator: Optional[Tensor]) -> Tensor:
+    """``operator`` when given (checked against D's size), else ``vote_operator(D, grid_size)``."""
+    if operator is None:
+        return vote_operator(D, grid_size)
+    cells = grid_size[0] * grid_size[1]
+    if tuple(operator.shape) != (D.shape[0], cells, cells):
+        raise ValueError(f"a vote operator for K={D.shape[0]} and grid {tuple(grid_size)} has shape "
+                         f"({D.shape[0]}, {cells}, {cells}), got {tuple(operator.shape)}")
+    return operator
 
 
 def vote_operator(D: Tensor, grid_size: Tuple[int, int]) -> Tensor:
@@ -197,7 +211,7 @@ def vote_operator(D: Tensor, grid_size: Tuple[int, int]) -> Tensor:
     return padded[:, index]
 
 
-def vote(Rs: Tensor, D: Tensor) -> Tensor:
+def vote(Rs: Tensor, D: Tensor, operator: Optional[Tensor] = None) -> Tensor:
     """Eq. 2, the vote heatmap ``Phi = 1/K sum_k Rs_k (*) D_k`` on the M x N grid.
 
     A primitive responding at cell i votes for cell ``i + d`` with weight
@@ -210,25 +224,29 @@ def vote(Rs: Tensor, D: Tensor) -> Tensor:
     Args:
         Rs: ``(R, K, M, N)`` response maps.
         D: ``(K, Hd, Wd)`` spatial templates.
+        operator: ``vote_operator(D, (M, N))`` if already built (it is the
+            same for every proposal; :class:`PrimitiveVoting` keeps it between
+            forwards when no gradient is needed).
 
     Returns:
         ``Phi``: ``(R, M, N)``.
     """
     r, k, m, n = Rs.shape
-    operator = vote_operator(D, (m, n)).reshape(k * m * n, m * n)
+    operator = _operator_of(D, (m, n), operator).reshape(k * m * n, m * n)
     return (Rs.reshape(r, k * m * n) @ operator).reshape(r, m, n) / k
 
 
-def vote_per_primitive(Rs: Tensor, D: Tensor) -> Tensor:
+def vote_per_primitive(Rs: Tensor, D: Tensor, operator: Optional[Tensor] = None) -> Tensor:
     """Each primitive's own vote ``Phi_k = Rs_k (*) D_k`` (Eq. 2 before the mean
     over k), so that ``vote(Rs, D) == vote_per_primitive(Rs, D).mean(1)``.
-    ``Rs``: ``(R, K, M, N)``, ``D``: ``(K, Hd, Wd)`` -> ``(R, K, M, N)``."""
+    ``Rs``: ``(R, K, M, N)``, ``D``: ``(K, Hd, Wd)`` -> ``(R, K, M, N)``;
+    ``operator`` as in :func:`vote`."""
     r, k, m, n = Rs.shape
-    operator = vote_operator(D, (m, n))
+    operator = _operator_of(D, (m, n), operator)
     return torch.einsum("rki,kij->rkj", Rs.reshape(r, k, m * n), operator).reshape(r, k, m, n)
 
 
-def reconstruct(Phi: Tensor, D: Tensor) -> Tensor:
+def reconstruct(Phi: Tensor, D: Tensor, operator: Optional[Tensor] = None) -> Tensor:
     """Eq. 3's back-projection: ``Rc_k = adjoint of primitive k's vote applied to Phi``,
     ``Rc_k(i) = sum_j Phi(j) D_k(j - i + c)`` (a transposed convolution,
     ``scipy.signal.correlate2d(Phi, D_k, mode='same')``): the responses of
@@ -237,12 +255,13 @@ def reconstruct(Phi: Tensor, D: Tensor) -> Tensor:
     Args:
         Phi: ``(R, M, N)`` vote heatmap.
         D: ``(K, Hd, Wd)`` spatial templates.
+        operator: as in :func:`vote`.
 
     Returns:
         ``Rc``: ``(R, K, M, N)``.
     """
     r, m, n = Phi.shape
-    operator = vote_operator(D, (m, n))
+    operator = _operator_of(D, (m, n), operator)
     return torch.einsum("kij,rj->rki", operator, Phi.reshape(r, m * n)).reshape(r, -1, m, n)
 
 
@@ -376,14 +395,14 @@ def interpolate_bilinear(grid: Tensor, centre_cells: Tensor) -> Tensor:
     return (grid * bilinear_cell_weights(centre_cells, grid.shape[1:])).sum(dim=(1, 2))
 
 
-def _contributions_at(Rs: Tensor, D: Tensor, weights: Tensor) -> Tensor:
+def _contributions_at(Rs: Tensor, D: Tensor, weights: Tensor, operator: Optional[Tensor] = None) -> Tensor:
     """``c_k = sum_j w(j) Phi_k(j) / K``, evaluated through the adjoint:
     ``<Rs_k (*) D_k, w> = <Rs_k, reconstruct_k(w)>``."""
     k = Rs.shape[1]
-    return (Rs * reconstruct(weights, D)).sum(dim=(2, 3)) / k
+    return (Rs * reconstruct(weights, D, operator)).sum(dim=(2, 3)) / k
 
 
-def contributions(Rs: Tensor, D: Tensor, centre_index: Tensor) -> Tensor:
+def contributions(Rs: Tensor, D: Tensor, centre_index: Tensor, operator: Optional[Tensor] = None) -> Tensor:
     """Each primitive's vote at the predicted cell, ``c_k = (Rs_k (*) D_k)(x_hat) / K``
     (METHOD.md 2, trace-back): an exact decomposition, ``sum_k c_k = Phi(x_hat)``.
 
@@ -391,20 +410,21 @@ def contributions(Rs: Tensor, D: Tensor, centre_index: Tensor) -> Tensor:
         Rs: ``(R, K, M, N)`` response maps.
         D: ``(K, Hd, Wd)`` spatial templates.
         centre_index: ``(R,)`` flat cell index of x_hat (:func:`nearest_cell_index`).
+        operator: as in :func:`vote`.
 
     Returns:
         ``(R, K)``.
     """
     r, _, m, n = Rs.shape
     one_hot = F.one_hot(centre_index, m * n).to(Rs.dtype).reshape(r, m, n)
-    return _contributions_at(Rs, D, one_hot)
+    return _contributions_at(Rs, D, one_hot, operator)
 
 
-def contributions_bilinear(Rs: Tensor, D: Tensor, centre_cells: Tensor) -> Tensor:
+def contributions_bilinear(Rs: Tensor, D: Tensor, centre_cells: Tensor, operator: Optional[Tensor] = None) -> Tensor:
     """:func:`contributions` at the continuous centre: ``c_k`` is the bilinear
     interpolation of ``Phi_k / K`` at ``(x, y)``, so ``sum_k c_k`` is the
     bilinearly interpolated Phi (:func:`interpolate_bilinear`). ``(R, K)``."""
-    return _contributions_at(Rs, D, bilinear_cell_weights(centre_cells, Rs.shape[2:]))
+    return _contributions_at(Rs, D, bilinear_cell_weights(centre_cells, Rs.shape[2:]), operator)
 
 
 def _divide_or_zero(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -615,10 +635,32 @@ class PrimitiveVoting(nn.Module):
         gaussian_logits = -0.5 * (dy.square()[:, None] + dx.square()[None, :])
         self.spatial_template_logits = nn.Parameter(gaussian_logits.expand(num_primitives, kh, kw).clone())
         self.log_temperature = nn.Parameter(torch.zeros(()))
+        self._operator_cache: Optional[Tuple[tuple, Tensor, Tensor]] = None
 
     def spatial_templates(self) -> Tensor:
         """The current spatial templates D_k, ``(K, Hd, Wd)``."""
         return spatial_templates(self.spatial_template_logits)
+
+    def templates_and_operator(self) -> Tuple[Tensor, Tensor]:
+        """D_k and the vote operator of Eq. 2 (:func:`vote_operator`, ``(K, MN, MN)``).
+
+        Both depend only on the spatial-template logits, not on the image: when
+        no gradient is recorded (inference) they are built once and reused until
+        the logits change (an optimizer step or a loaded checkpoint bumps the
+        tensor's version), which saves a ``K x MN x MN`` gather per level and
+        forward. With gradients they are built in the graph every time.
+        """
+        logits = self.spatial_template_logits
+        if torch.is_grad_enabled() and logits.requires_grad:
+            self._operator_cache = None
+            D = spatial_templates(logits)
+            return D, vote_operator(D, self.grid_size)
+        key = (logits._version, logits.data_ptr(), logits.dtype, logits.device, logits.shape)
+        if self._operator_cache is None or self._operator_cache[0] != key:
+            with torch.no_grad():
+                D = spatial_templates(logits)
+                self._operator_cache = (key, D, vote_operator(D, self.grid_size))
+        return self._operator_cache[1], self._operator_cache[2]
 
     def forward(self, gamma: Tensor, primitive_mask: Optional[Tensor] = None) -> Dict[str, Tensor]:
         """Detection, vote and location for the crops ``gamma`` ``(R, C, M, N)``.
@@ -637,7 +679,8 @@ class PrimitiveVoting(nn.Module):
         Rs = response_maps(normalize_features(gamma, self.eps), semantic_templates(self.semantic_templates, self.eps))
         if primitive_mask is not None:
             Rs = mask_primitives(Rs, primitive_mask)
-        Phi = vote(Rs, self.spatial_templates())
+        D, operator = self.templates_and_operator()
+        Phi = vote(Rs, D, operator)
         p, centre_cells = soft_argmax(Phi, self.log_temperature, *self.log_temperature_range, eps=self.eps)
         return {"response_maps": Rs, "vote_heatmap": Phi, "probabilities": p, "centre_cells": centre_cells}
 
@@ -656,14 +699,14 @@ class PrimitiveVoting(nn.Module):
             ``primitive_votes`` ``(R, K, M, N)`` (Phi_k, Phi = their mean).
         """
         Rs, Phi, centre_cells = outputs["response_maps"], outputs["vote_heatmap"], outputs["centre_cells"]
-        D = self.spatial_templates()
-        Rc = reconstruct(Phi, D)
+        D, operator = self.templates_and_operator()
+        Rc = reconstruct(Phi, D, operator)
         return {
             "alpha": trace_back_from_maps(Rs, Rc, tau=tau, normalize=normalize),
-            "contributions": contributions(Rs, D, nearest_cell_index(centre_cells, self.grid_size)),
-            "contributions_bilinear": contributions_bilinear(Rs, D, centre_cells),
+            "contributions": contributions(Rs, D, nearest_cell_index(centre_cells, self.grid_size), operator),
+            "contributions_bilinear": contributions_bilinear(Rs, D, centre_cells, operator),
             "reconstruction": Rc,
-            "primitive_votes": vote_per_primitive(Rs, D),
+            "primitive_votes": vote_per_primitive(Rs, D, operator),
         }
 
     @torch.no_grad()
