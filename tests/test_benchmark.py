@@ -94,3 +94,20 @@ def test_unknown_method_profile_or_fold_is_refused(tmp_path):
         plan_runs(["ls"], [0], "tpu", str(tmp_path))
     with pytest.raises(ValueError, match="folds must be in"):
         plan_runs(["ls"], [3], "cpu", str(tmp_path))
+
+
+def test_cost_lines_read_the_speed_table_at_the_profiles_test_size(tmp_path):
+    from voting_det.evaluation.tables import cost_lines
+
+    speed = {"commit": "abc", "machine": {"device": "cpu", "cpu": "x", "threads": 2},
+             "inference": {"576x768": {"ls": {"parameters": 1e6, "time": {"median_ms": 99.0}, "ratio_to_fpn_R50": 0.5}},
+                           "480x683": {"ls": {"parameters": 12.9e6, "time": {"median_ms": 148.4}, "ratio_to_fpn_R50": 0.22}}},
+             "flops": {"480x683": {"ls": {"gflops": 11.2}}}}
+    path = tmp_path / "speed.json"
+    path.write_text(json.dumps(speed))
+    lines = cost_lines([("ls", "LS"), ("lcf", "LCF")], PROFILES["cpu"], str(path))
+    assert "| LS | 12.9 M | 11.2 | 148 | 0.22 |" in lines
+    assert not any(line.startswith("| LCF") for line in lines)  # not timed: no row
+    assert cost_lines([("ls", "LS")], PROFILES["gpu"], str(path))[-1] == "| LS | 1.0 M | n/a | 99 | 0.50 |"
+    assert cost_lines([("ls", "LS")], PROFILES["smoke"], str(path)) == []  # no 160-high size
+    assert cost_lines([("ls", "LS")], PROFILES["cpu"], str(tmp_path / "missing.json")) == []

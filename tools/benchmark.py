@@ -34,6 +34,9 @@ def parse_args(argv=None):
     p.add_argument("--tabulate-only", action="store_true", help="do not train: tabulate the finished runs")
     p.add_argument("--calipers", choices=("auto", "yes", "no"), default="auto",
                    help="report metrics with and without caliper-marked images (auto: for the real set nt_real)")
+    p.add_argument("--speed", default="benchmarks/results/speed_cpu/speed.json",
+                   help="tools/benchmark_speed.py's JSON: adds each row's parameters, FLOPs and time at the "
+                        "profile's test size to the table ('' to leave out)")
     p.add_argument("--list", action="store_true", help="list methods and profiles, then exit")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="extra overrides for every run, KEY VALUE ... (recorded)")
     return p.parse_args(argv)
@@ -67,7 +70,7 @@ def main(argv=None):
 
     calipers = args.calipers == "yes" or (args.calipers == "auto" and runs[0].dataset.startswith("nt_real"))
     tabulate(runs, out_dir=args.out, command=" ".join(["python", "tools/benchmark.py"] + (argv or sys.argv[1:])),
-             calipers=calipers)
+             calipers=calipers, speed_json=args.speed)
     return 0
 
 

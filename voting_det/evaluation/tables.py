@@ -105,10 +105,42 @@ def caliper_flags(dataset: str, cache_dir: str) -> Dict[str, bool]:
     return flags
 
 
+def cost_lines(names_labels, profile, speed_json: Optional[str]) -> List[str]:
+    """METHOD.md 6, "each row states its parameters and FLOPs": a section from
+    ``tools/benchmark_speed.py``'s JSON at the profile's test size (the first
+    size whose height is ``INPUT.MIN_SIZE_TEST``); empty without the file or
+    that size."""
+    if not speed_json or not os.path.exists(speed_json):
+        return []
+    opts = dict(zip(profile.opts[::2], profile.opts[1::2]))
+    with open(speed_json) as f:
+        speed = json.load(f)
+    sizes = [k for k in speed.get("inference", {}) if k.split("x")[0] == opts.get("INPUT.MIN_SIZE_TEST")]
+    if not sizes:
+        return []
+    size = sizes[0]
+    inference, flops = speed["inference"][size], speed.get("flops", {}).get(size, {})
+    machine = speed.get("machine", {})
+    lines = ["", f"## Size and cost per row (`{os.path.relpath(speed_json)}`, commit {speed.get('commit', '')[:10]}: "
+             f"{size} images, the same test settings, batch 1, {machine.get('device', '')} "
+             f"{machine.get('gpu', machine.get('cpu', ''))}, {machine.get('threads', '')} threads)", "",
+             "| method | parameters | GFLOPs / image (fvcore) | ms / image | ratio to FPN R50 |", "|---|---|---|---|---|"]
+    for name, label in names_labels:
+        r = inference.get(name)
+        if r is None:
+            continue
+        g = flops.get(name, {}).get("gflops")
+        ratio = r.get("ratio_to_fpn_R50")
+        lines.append(f"| {label} | {r['parameters'] / 1e6:.1f} M | {_fmt(g)} | {r['time']['median_ms']:.0f} | "
+                     f"{'n/a' if ratio is None else f'{ratio:.2f}'} |")
+    return lines
+
+
 def tabulate(runs, out_dir: Optional[str] = None, command: str = "", num_bootstrap: int = 1000,
-             calipers: bool = True) -> Optional[str]:
+             calipers: bool = True, speed_json: Optional[str] = None) -> Optional[str]:
     """Print (and with ``out_dir`` write) the tables of the finished ``runs``:
-    ``table.md``, ``table.csv``, ``roc.png``, ``manifest.json``."""
+    ``table.md``, ``table.csv``, ``roc.png``, ``manifest.json``; with
+    ``speed_json`` also each row's parameters, FLOPs and time (:func:`cost_lines`)."""
     data = collect(runs)
     if not data:
         print("no finished runs to tabulate")
@@ -213,6 +245,7 @@ def tabulate(runs, out_dir: Optional[str] = None, command: str = "", num_bootstr
                 x = diff[k]
                 cells.append(f"{x['diff']:+.{d}f} [{x['low']:+.{d}f}, {x['high']:+.{d}f}] P={x['p_le_0']:.2f}")
             lines.append(f"| {e['method'].label or name} | {len(a_rec)} | " + " | ".join(cells) + " |")
+    lines += cost_lines([(n, e["method"].label or n) for n, e in data.items()], profile, speed_json)
     # Manifest
     manifest = {
         "command": command, "profile": profile.name, "profile_opts": list(profile.opts), "dataset": dataset,
