@@ -262,3 +262,20 @@ def test_evaluator_on_detectron2_instances(tmp_path):
     rows = (tmp_path / "nt_top1.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[1].split(",")[-1] == "1"
     DatasetCatalog.remove(name)
+
+
+def test_top1_outcomes_sort_each_failure_kind_by_hand():
+    from voting_det.evaluation.tables import top1_outcomes
+
+    gt = [[100, 100, 300, 140]]  # 200 x 40
+    records = [
+        rec(gt, [([100, 100, 300, 140], 0.9)], 0),  # the NT itself
+        rec(gt, [([100, 100, 300, 180], 0.9)], 1),  # IoU 0.5 exactly: not > 0.5, but > 0.3
+        rec(gt, [([150, 110, 250, 300], 0.9)], 2),  # centre (200, 205) outside, IoU 3000 / 24000 = 0.125
+        rec(gt, [([180, 60, 220, 180], 0.9)], 3),  # centre (200, 120) inside, IoU 1600 / 11200
+        rec(gt, [([500, 500, 600, 540], 0.9)], 4),  # far away
+        rec(gt, [], 5),  # nothing
+        rec([], [([0, 0, 10, 10], 0.9)], 6),  # a negative image: not an outcome
+    ]
+    outcomes = top1_outcomes(M.analyse(records))
+    assert list(outcomes) == ["correct", "loose", "elsewhere", "centre_inside", "elsewhere", "none"]

@@ -63,7 +63,8 @@ def collect(runs) -> Dict[str, dict]:
         metrics["AP"], metrics["AP50"] = bbox.get("AP", float("nan")), bbox.get("AP50", float("nan"))
         entry = out.setdefault(run.method.name, {"method": run.method, "folds": OrderedDict()})
         entry["folds"][run.fold] = {"metrics": metrics, "settings": settings, "val_settings": val_settings,
-                                    "records": test_records, "threshold": threshold, "info": info}
+                                    "records": test_records, "threshold": threshold, "info": info,
+                                    "stats": test_stats}
     return out
 
 
@@ -103,6 +104,63 @@ def caliper_flags(dataset: str, cache_dir: str) -> Dict[str, bool]:
     with open(cache, "w") as f:
         json.dump(flags, f)
     return flags
+
+
+# Outcome of an image's top-1 box (METHOD.md 5), for the failure analysis.
+OUTCOMES = (
+    ("correct", "correct (IoU > 0.5)"),
+    ("loose", "right place, loose box (0.3 < IoU <= 0.5)"),
+    ("centre_inside", "centre inside the NT, IoU <= 0.3"),
+    ("elsewhere", "elsewhere (centre outside the NT, IoU <= 0.3)"),
+    ("none", "no detection"),
+)
+
+
+def top1_outcomes(stats) -> np.ndarray:
+    """One of :data:`OUTCOMES`' keys per positive image (images with an NT)."""
+    pos = stats.positive
+    out = np.full(int(pos.sum()), "elsewhere", dtype=object)
+    iou, inside, has = stats.top1_iou[pos], stats.top1_inside[pos], stats.has_det[pos]
+    match = stats.top1_match[pos]
+    out[inside & (iou <= stats.lenient_iou)] = "centre_inside"
+    out[(iou > stats.lenient_iou) & ~match] = "loose"
+    out[match] = "correct"
+    out[~has] = "none"
+    return out
+
+
+def _gt_heights(records) -> np.ndarray:
+    """Height of the (first) ground-truth box of every positive image."""
+    return np.array([np.asarray(r["gt"], dtype=float).reshape(-1, 4)[0, 3] - np.asarray(r["gt"], dtype=float).reshape(-1, 4)[0, 1]
+                     for r in records if len(r.get("gt", []))])
+
+
+def failure_lines(data) -> List[str]:
+    """Where each row's top-1 box goes wrong (test images of the finished folds
+    pooled): the outcome shares of :func:`top1_outcomes`, the median IoU of the
+    correct ones (box tightness), and top-1 accuracy per third of NT height."""
+    entries = [(e["method"].label or n, e) for n, e in data.items()]
+    if not entries:
+        return []
+    heights_all = np.concatenate([_gt_heights(d["records"]) for _, e in entries[:1] for d in e["folds"].values()])
+    cuts = np.percentile(heights_all, [100 / 3, 200 / 3]) if len(heights_all) else np.array([np.nan, np.nan])
+    lines = ["", "## Where the top-1 box fails (positive test images of the finished folds pooled; %)", "",
+             f"NT height thirds (px, from the first row's images): < {cuts[0]:.0f}, {cuts[0]:.0f}-{cuts[1]:.0f}, > {cuts[1]:.0f}.", "",
+             "| method | images | " + " | ".join(label for _, label in OUTCOMES)
+             + " | median IoU of the correct | top-1 acc, small / middle / large NT |",
+             "|---|---|" + "---|" * (len(OUTCOMES) + 2)]
+    for label, e in entries:
+        outcomes = np.concatenate([top1_outcomes(d["stats"]) for d in e["folds"].values()])
+        ious = np.concatenate([d["stats"].top1_iou[d["stats"].positive] for d in e["folds"].values()])
+        heights = np.concatenate([_gt_heights(d["records"]) for d in e["folds"].values()])
+        n = len(outcomes)
+        shares = [_fmt(100.0 * np.mean(outcomes == key)) if n else "n/a" for key, _ in OUTCOMES]
+        correct = outcomes == "correct"
+        third = np.digitize(heights, cuts)
+        by_size = " / ".join(_fmt(100.0 * correct[third == t].mean()) if (third == t).any() else "n/a" for t in range(3))
+        tight = f"{np.median(ious[correct]):.3f}" if correct.any() else "n/a"
+        lines.append(f"| {label} | {n} | " + " | ".join(shares) + f" | {tight} | {by_size} |")
+    return lines
 
 
 def cost_lines(names_labels, profile, speed_json: Optional[str]) -> List[str]:
@@ -245,6 +303,7 @@ def tabulate(runs, out_dir: Optional[str] = None, command: str = "", num_bootstr
                 x = diff[k]
                 cells.append(f"{x['diff']:+.{d}f} [{x['low']:+.{d}f}, {x['high']:+.{d}f}] P={x['p_le_0']:.2f}")
             lines.append(f"| {e['method'].label or name} | {len(a_rec)} | " + " | ".join(cells) + " |")
+    lines += failure_lines(data)
     lines += cost_lines([(n, e["method"].label or n) for n, e in data.items()], profile, speed_json)
     # Manifest
     manifest = {
