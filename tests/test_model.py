@@ -196,3 +196,22 @@ def test_unknown_key_in_a_config_file_is_refused(tmp_path):
     add_voting_config(cfg)
     with pytest.raises(KeyError, match="NUM_PRIMITIVS"):
         merge_config_file(cfg, str(path))
+
+
+@pytest.mark.parametrize("test_mu,branch", [(1.0, "local_boxes"), (0.0, "global_boxes")])
+def test_test_mu_evaluates_one_branch_alone(test_mu, branch):
+    from voting_det.evaluation.speed import build_model_from_config, make_inputs
+
+    small = ("MODEL.RPN.POST_NMS_TOPK_TEST", "20", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
+             "MODEL.VOTING.RETURN_INTERMEDIATE", "True")
+    model, _ = build_model_from_config("configs/nt_voting.yaml", small + ("MODEL.CONTEXT.TEST_MU", str(test_mu)))
+    with torch.no_grad():
+        model.fusion_logit.fill_(0.3)  # a learned mu of sigmoid(0.3), not test_mu
+        inst = model(make_inputs(128, 160, seed=2))[0]["instances"]
+    assert len(inst) > 0
+    expected = Boxes(inst.get(branch).clone())
+    expected.clip(inst.image_size)  # detectron2's inference clips the output boxes, not the intermediate ones
+    torch.testing.assert_close(inst.pred_boxes.tensor, expected.tensor)
+    assert float(model.mu) == test_mu
+    model.train()
+    assert float(model.mu) == pytest.approx(float(torch.sigmoid(torch.tensor(0.3))))  # training uses the learned one

@@ -207,6 +207,10 @@ def _add_context_config(cfg: CN) -> None:
     c.LOSS_WEIGHT_BOX = 1.0
     # Fusion (Eq. 1): initial logit m of mu = sigmoid(m) (0 -> mu = 0.5).
     c.FUSION_INIT = 0.0
+    # Diagnostic: a fixed mu at inference instead of the learned one (-1 = the
+    # learned mu). 1.0 evaluates the local branch alone, 0.0 the context branch
+    # alone, with the same weights (docs: "Why Proposed trails", README).
+    c.TEST_MU = -1.0
     # Stage-2 loss weights: fused loss, local branch, context branch.
     c.LOSS_WEIGHT_FUSED = 1.0
     c.LOSS_WEIGHT_LOCAL = 1.0
@@ -270,6 +274,8 @@ def validate_voting_config(cfg: CN) -> None:
             _fail("MODEL.CONTEXT.NUM_BOXES", f"O={c.NUM_BOXES} has no built-in layout (2, 4, 6); give MODEL.CONTEXT.LAYOUT")
         if c.IN_FEATURE not in VOTING_LEVELS:
             _fail("MODEL.CONTEXT.IN_FEATURE", f"must be one of {sorted(VOTING_LEVELS)} (a truncated ResNet), got {c.IN_FEATURE!r}")
+        if c.TEST_MU != -1.0 and not 0.0 <= c.TEST_MU <= 1.0:
+            _fail("MODEL.CONTEXT.TEST_MU", f"must be -1 (the learned mu) or in [0, 1], got {c.TEST_MU}")
         if c.UNION_POOLER_SAMPLING_RATIO < 0:
             _fail("MODEL.CONTEXT.UNION_POOLER_SAMPLING_RATIO", f"must be >= 0 (0 = adaptive), got {c.UNION_POOLER_SAMPLING_RATIO}")
         if c.DEFORM_GAMMA < 0:

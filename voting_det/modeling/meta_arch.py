@@ -97,6 +97,7 @@ class VotingRCNN(GeneralizedRCNN):
         trace_tau: float = 0.0,
         trace_normalize: bool = False,
         channels_last_stem: bool = False,
+        test_mu: float = -1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -112,6 +113,7 @@ class VotingRCNN(GeneralizedRCNN):
         self.fusion_logit = nn.Parameter(torch.tensor(float(fusion_init))) if context_head is not None else None
         self.branch_loss_weights = dict(branch_loss_weights)
         self.return_intermediate = return_intermediate
+        self.test_mu = test_mu
         self.explain = explain
         self.explain_options = {
             "top": explain_top_primitives,
@@ -151,13 +153,19 @@ class VotingRCNN(GeneralizedRCNN):
             trace_tau=cfg.MODEL.VOTING.TRACE_TAU,
             trace_normalize=cfg.MODEL.VOTING.TRACE_NORMALIZE,
             channels_last_stem=cfg.MODEL.VOTING.CHANNELS_LAST_STEM,
+            test_mu=c.TEST_MU,
         )
         return ret
 
     @property
     def mu(self) -> Optional[Tensor]:
-        """The fusion weight mu = sigmoid(m), or None without the context branch."""
-        return None if self.fusion_logit is None else torch.sigmoid(self.fusion_logit)
+        """The fusion weight mu = sigmoid(m), or None without the context branch;
+        at inference ``MODEL.CONTEXT.TEST_MU`` (when not -1) replaces it."""
+        if self.fusion_logit is None:
+            return None
+        if not self.training and self.test_mu >= 0:
+            return self.fusion_logit.new_tensor(self.test_mu)
+        return torch.sigmoid(self.fusion_logit)
 
     def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]):
         if self.pixel_mean.shape[0] == 1:
