@@ -109,7 +109,7 @@ def caliper_flags(dataset: str, cache_dir: str) -> Dict[str, bool]:
 # Outcome of an image's top-1 box (METHOD.md 5), for the failure analysis.
 OUTCOMES = (
     ("correct", "correct (IoU > 0.5)"),
-    ("loose", "right place, loose box (0.3 < IoU <= 0.5)"),
+    ("loose", "right place, box size or shift off (0.3 < IoU <= 0.5)"),
     ("centre_inside", "centre inside the NT, IoU <= 0.3"),
     ("elsewhere", "elsewhere (centre outside the NT, IoU <= 0.3)"),
     ("none", "no detection"),
@@ -135,6 +135,23 @@ def _gt_heights(records) -> np.ndarray:
                      for r in records if len(r.get("gt", []))])
 
 
+def _top1_size_ratios(records) -> np.ndarray:
+    """(height, width) of the top-1 box over those of the (first) ground truth,
+    per positive image; NaN where there is no detection."""
+    out = []
+    for r in records:
+        gt = np.asarray(r.get("gt", []), dtype=float).reshape(-1, 4)
+        if not len(gt):
+            continue
+        boxes, scores = np.asarray(r.get("boxes", []), dtype=float).reshape(-1, 4), np.asarray(r.get("scores", []))
+        if not len(boxes):
+            out.append((np.nan, np.nan))
+            continue
+        b, g = boxes[int(np.argmax(scores))], gt[0]
+        out.append(((b[3] - b[1]) / (g[3] - g[1]), (b[2] - b[0]) / (g[2] - g[0])))
+    return np.asarray(out, dtype=float).reshape(-1, 2)
+
+
 def failure_lines(data) -> List[str]:
     """Where each row's top-1 box goes wrong (test images of the finished folds
     pooled): the outcome shares of :func:`top1_outcomes`, the median IoU of the
@@ -147,8 +164,9 @@ def failure_lines(data) -> List[str]:
     lines = ["", "## Where the top-1 box fails (positive test images of the finished folds pooled; %)", "",
              f"NT height thirds (px, from the first row's images): < {cuts[0]:.0f}, {cuts[0]:.0f}-{cuts[1]:.0f}, > {cuts[1]:.0f}.", "",
              "| method | images | " + " | ".join(label for _, label in OUTCOMES)
-             + " | median IoU of the correct | top-1 acc, small / middle / large NT |",
-             "|---|---|" + "---|" * (len(OUTCOMES) + 2)]
+             + " | median IoU of the correct | top-1 acc, small / middle / large NT"
+             + " | top-1 height / true height, small / middle / large NT (median) | top-1 width / true width, same |",
+             "|---|---|" + "---|" * (len(OUTCOMES) + 4)]
     for label, e in entries:
         outcomes = np.concatenate([top1_outcomes(d["stats"]) for d in e["folds"].values()])
         ious = np.concatenate([d["stats"].top1_iou[d["stats"].positive] for d in e["folds"].values()])
@@ -159,7 +177,11 @@ def failure_lines(data) -> List[str]:
         third = np.digitize(heights, cuts)
         by_size = " / ".join(_fmt(100.0 * correct[third == t].mean()) if (third == t).any() else "n/a" for t in range(3))
         tight = f"{np.median(ious[correct]):.3f}" if correct.any() else "n/a"
-        lines.append(f"| {label} | {n} | " + " | ".join(shares) + f" | {tight} | {by_size} |")
+        ratios = np.concatenate([_top1_size_ratios(d["records"]) for d in e["folds"].values()])
+        size_cells = [" / ".join(f"{np.nanmedian(ratios[third == t, axis]):.2f}" if np.isfinite(ratios[third == t, axis]).any()
+                                 else "n/a" for t in range(3)) for axis in (0, 1)]
+        lines.append(f"| {label} | {n} | " + " | ".join(shares) + f" | {tight} | {by_size} | "
+                     + " | ".join(size_cells) + " |")
     return lines
 
 
