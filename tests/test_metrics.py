@@ -291,3 +291,26 @@ def test_top1_size_ratios_by_hand():
     assert ratios.shape == (2, 2)
     np.testing.assert_allclose(ratios[0], [0.5, 0.5])
     assert np.isnan(ratios[1]).all()
+
+
+def test_compare_evals_tool_pairs_images_and_refuses_other_images(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_evals", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "compare_evals.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    gt = [[100, 100, 300, 140]]
+    settings = {"match_iou": 0.5, "paper_top_n": 10}
+    good = [rec(gt, [([100, 100, 300, 140], 0.9)], i) for i in range(4)]
+    half = good[:2] + [rec(gt, [([500, 500, 600, 540], 0.9)], i) for i in (2, 3)]
+    for name, records in (("a", good), ("b", half), ("c", good[:3])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "nt_detections.json").write_text(json.dumps({"dataset": "d", "settings": settings, "images": records}))
+    out = tmp_path / "cmp.md"
+    assert tool.main([f"A={tmp_path / 'a'}", f"B={tmp_path / 'b'}", "--num-bootstrap", "50", "--out", str(out)]) == 0
+    text = out.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| B |"))
+    assert "| 50.0 [" in row and "| -50.0 [" in row  # top-1 accuracy and its paired difference to A
+    assert tool.main([f"A={tmp_path / 'a'}", f"C={tmp_path / 'c'}"]) == 2
+    assert "other images" in capsys.readouterr().err

@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Compare evaluations of the same test images: metrics with 95% bootstrap
+intervals, paired differences against the first one, and where each top-1 box
+fails (the per-branch / per-stage analysis of a Table 1 row).
+
+    python tools/compare_evals.py \\
+        "Proposed (fused)=output/benchmark/cpu/nt_real/proposed/fold0/eval/inference/nt_real_fold0_test" \\
+        "local branch alone=output/diagnostics/.../local/inference/nt_real_fold0_test" \\
+        --out benchmarks/results/diagnostics/proposed_fold0.md
+
+Each argument is LABEL=FOLDER, the folder holding NTEvaluator's
+``nt_detections.json``; the settings must be identical (refused otherwise).
+"""
+import argparse
+import os
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from voting_det.evaluation import check_same_settings, load_records  # noqa: E402
+from voting_det.evaluation import metrics as M  # noqa: E402
+from voting_det.evaluation.evaluator import DETECTIONS_FILE  # noqa: E402
+from voting_det.evaluation.tables import failure_lines  # noqa: E402
+
+KEYS = (("top1_acc", "top-1 acc / SEN"), ("paper_auc", "AUC"), ("paper_spe", "SPE"), ("mean_iou", "mean IoU"))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("evals", nargs="+", help="LABEL=FOLDER with nt_detections.json; the first is the reference")
+    p.add_argument("--num-bootstrap", type=int, default=1000)
+    p.add_argument("--out", help="write the Markdown here as well")
+    return p.parse_args(argv)
+
+
+def _fmt(key, v):
+    return f"{v:.3f}" if key == "mean_iou" else f"{v:.1f}"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    loaded = []
+    for item in args.evals:
+        label, sep, folder = item.partition("=")
+        path = os.path.join(folder, DETECTIONS_FILE)
+        if not sep or not os.path.isfile(path):
+            print(f"error: {item!r} is not LABEL=FOLDER with a {DETECTIONS_FILE} in FOLDER", file=sys.stderr)
+            return 2
+        _, settings, records = load_records(path)
+        loaded.append((label, folder, settings, sorted(records, key=lambda r: str(r["image_id"]))))
+    common = check_same_settings({label: settings for label, _, settings, _ in loaded})
+    ids = [str(r["image_id"]) for r in loaded[0][3]]
+    for label, _, _, records in loaded[1:]:
+        if [str(r["image_id"]) for r in records] != ids:
+            print(f"error: {label!r} was evaluated on other images than {loaded[0][0]!r}", file=sys.stderr)
+            return 2
+    stats = [M.analyse(r, iou=common["match_iou"], top_n=common["paper_top_n"]) for _, _, _, r in loaded]
+    lines = [f"# {len(ids)} images, settings: " + ", ".join(f"`{k}={v}`" for k, v in common.items()), "",
+             "Command: `python tools/compare_evals.py " + " ".join(f'"{e}"' for e in args.evals) + "`", "",
+             "| evaluation | " + " | ".join(f"{name} [95%]" for _, name in KEYS)
+             + f" | minus {loaded[0][0]}: " + " | ".join(name for _, name in KEYS) + " |",
+             "|---|" + "---|" * (2 * len(KEYS))]
+    for (label, _, _, _), s in zip(loaded, stats):
+        point = M.summarise(s)
+        boot = M.bootstrap(s, num=args.num_bootstrap)
+        cells = [f"{_fmt(k, point[k])} [{_fmt(k, boot[k][0])}, {_fmt(k, boot[k][1])}]" for k, _ in KEYS]
+        if s is stats[0]:
+            diffs = ["-"] * len(KEYS)
+        else:
+            d = M.paired_bootstrap(s, stats[0], num=args.num_bootstrap)
+            diffs = [f"{d[k]['diff']:+.3f} [{d[k]['low']:+.3f}, {d[k]['high']:+.3f}]" if k == "mean_iou" else
+                     f"{d[k]['diff']:+.1f} [{d[k]['low']:+.1f}, {d[k]['high']:+.1f}]" for k, _ in KEYS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(diffs) + " |")
+    data = {label: {"method": SimpleNamespace(label=label), "folds": {0: {"records": records, "stats": s}}}
+            for (label, _, _, records), s in zip(loaded, stats)}
+    lines += failure_lines(data)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
