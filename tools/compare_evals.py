@@ -8,7 +8,7 @@ fails (the per-branch / per-stage analysis of a Table 1 row).
         "local branch alone=output/diagnostics/.../local/inference/nt_real_fold0_test" \\
         --out benchmarks/results/diagnostics/proposed_fold0.md
 
-Each argument is LABEL=FOLDER, the folder holding NTEvaluator's
+Each argument is LABEL=FOLDER (split at the last "="), the folder holding NTEvaluator's
 ``nt_detections.json``; the settings must be identical (refused otherwise).
 """
 import argparse
@@ -44,7 +44,7 @@ def main(argv=None):
     args = parse_args(argv)
     loaded = []
     for item in args.evals:
-        label, sep, folder = item.partition("=")
+        label, sep, folder = item.rpartition("=")
         path = os.path.join(folder, DETECTIONS_FILE)
         if not sep or not os.path.isfile(path):
             print(f"error: {item!r} is not LABEL=FOLDER with a {DETECTIONS_FILE} in FOLDER", file=sys.stderr)
