@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -26,18 +25,18 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from voting_det.evaluation.benchmark import METHODS, TABLE1, repo_root  # noqa: E402
+from voting_det.evaluation.benchmark import METHODS, TABLE1, git_commit, repo_root  # noqa: E402
 from voting_det.evaluation.speed import (  # noqa: E402
-    ComponentTimer,
+    HEAD_PREFIX,
     build_model_from_config,
     count_flops,
     fit_line,
+    inference_runner,
     make_inputs,
     matmul_peak_gflops,
     measure_memory_in_subprocess,
     summarise_times,
     time_interleaved,
-    timed_components,
     train_step_runner,
 )
 
@@ -98,18 +97,6 @@ def _machine(device):
     return info
 
 
-def _commit():
-    """HEAD, with '+dirty' when tracked files differ from it (the figures then
-    belong to uncommitted code)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=repo_root()).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                               cwd=repo_root()).stdout.strip()
-    except OSError:
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
 def _model_spec(name, extra=()):
     if name == EXPLAIN:
         m = METHODS[PROPOSED]
@@ -131,14 +118,7 @@ def time_inference(names, size, args, log):
         config, opts = _model_spec(name, args.opts)
         model, _ = build_model_from_config(config, opts, args.device)
         models[name] = model
-        timers[name] = ComponentTimer(timed_components(model), args.device)
-
-        def run(model=model, timer=timers[name]):
-            timer.new_record()
-            with torch.inference_mode():
-                return model(inputs)
-
-        runners[name] = run
+        runners[name], timers[name] = inference_runner(model, inputs, args.device)
     times = time_interleaved(runners, args.warmup, args.reps, args.device,
                              on_round=lambda i: log(f"  {h}x{w}: round {i + 1}/{args.reps}"))
     result = {}
@@ -146,7 +126,7 @@ def time_inference(names, size, args, log):
         records = timers[name].records[-args.reps:]
         total = times[name]
         parts = {k: summarise_times([r.get(k, 0.0) for r in records]) for k in records[0]}
-        heads = [sum(v for k, v in r.items() if k.startswith("head:")) for r in records]
+        heads = timers[name].heads(args.reps)
         result[name] = {
             "time": summarise_times(total),
             "images_per_s": 1.0 / float(np.median(total)),
@@ -212,27 +192,17 @@ def time_scaling(size, args, log):
             if key == "MODEL.RPN.POST_NMS_TOPK_TEST":
                 opts += ("MODEL.RPN.PRE_NMS_TOPK_TEST", str(max(1000, 4 * value)))
             model, _ = build_model_from_config(config, opts, args.device)
-            timers[value] = ComponentTimer(timed_components(model), args.device)
+            runners[value], timers[value] = inference_runner(model, inputs, args.device)
 
             def count(module, inp, output, value=value):
                 counted[value] = sum(len(p) for p in output[0])
 
             model.proposal_generator.register_forward_hook(count)
-
-            def run(model=model, timer=timers[value]):
-                timer.new_record()
-                with torch.inference_mode():
-                    return model(inputs)
-
-            runners[value] = run
         times = time_interleaved(runners, 1, args.scaling_reps, args.device,
                                  on_round=lambda i: log(f"  scaling ({label}) round {i + 1}/{args.scaling_reps}"))
         xs = [counted[v] if label == "proposals" else v for v in values]
         total = [float(np.median(times[v]) * 1e3) for v in values]
-        heads = []
-        for v in values:
-            recs = timers[v].records[-args.scaling_reps:]
-            heads.append(float(np.median([sum(x for k, x in r.items() if k.startswith("head:")) for r in recs]) * 1e3))
+        heads = [float(np.median(timers[v].heads(args.scaling_reps)) * 1e3) for v in values]
         out[label] = {"config_key": key, "values": list(values), "x": xs, "total_ms": total, "heads_ms": heads,
                       "fit_total": fit_line(xs, total), "fit_heads": fit_line(xs, heads)}
     return out
@@ -256,7 +226,7 @@ def write_profile(size, args, path, reps=3, rows=30):
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40)
     with open(path, "w") as f:
         f.write(f"# torch.profiler, Proposed (configs/nt_voting.yaml), {reps} inferences at {h}x{w}, batch 1, "
-                f"{torch.get_num_threads()} threads, commit {_commit()[:10]}, {time.strftime('%Y-%m-%d %H:%M')}\n")
+                f"{torch.get_num_threads()} threads, commit {git_commit(repo_root())[:10]}, {time.strftime('%Y-%m-%d %H:%M')}\n")
         f.write(f"# command: python {' '.join([os.path.relpath(sys.argv[0], repo_root())] + sys.argv[1:])}\n")
         f.write(table + "\n")
 
@@ -283,7 +253,7 @@ def write_markdown(report, path):
     m = report["machine"]
     L.append("# Speed: voting_det next to detectron2's own detectors\n")
     L.append(f"Command: `{report['command']}`  ")
-    L.append(f"Commit {report['commit'][:10]}{'+dirty' if report['commit'].endswith('+dirty') else ''}, {report['date']}. Machine: {m['cpu']}, {m['cores']} cores, "
+    L.append(f"Commit {report['commit'][:10]}{'-dirty' if report['commit'].endswith('-dirty') else ''}, {report['date']}. Machine: {m['cpu']}, {m['cores']} cores, "
              f"{m['threads']} torch threads, torch {m['torch']}, device {m.get('gpu', m['device'])}. "
              f"float32 matrix-multiply peak measured in the same run: {report['matmul_peak_gflops']:.1f} GFLOP/s "
              f"(multiply-adds, fvcore's convention).\n")
@@ -310,7 +280,7 @@ def write_markdown(report, path):
             ratio_s = f"{ratio:.2f} ({q[0]:.2f}-{q[1]:.2f})" if ratio is not None and q else _fmt(ratio, 2)
             a = acc.get(name)
             acc_s = f"{a['top1']:.1f} / {a['auc']:.1f} (folds {a['folds']})" if a else "-"
-            heads = f"{100 * r['heads_fraction']:.0f}%" if any(k.startswith("head:") for k in r["components"]) else "-"
+            heads = f"{100 * r['heads_fraction']:.0f}%" if any(k.startswith(HEAD_PREFIX) for k in r["components"]) else "-"
             L.append(f"| {name} | {t['median_ms']:.0f} | {t['q1_ms']:.0f}-{t['q3_ms']:.0f} | {r['images_per_s']:.2f} | "
                      f"{ratio_s} | {heads} | {r['parameters'] / 1e6:.1f} M | {_fmt(g)} | {_fmt(achieved)} | {mem_s} | {acc_s} |")
         L.append("")
@@ -355,7 +325,7 @@ def main(argv=None):
     sizes = [_size(s) for s in args.sizes]
     report = {
         "command": "python " + " ".join([os.path.relpath(sys.argv[0], repo_root())] + sys.argv[1:]),
-        "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine(args.device),
+        "commit": git_commit(repo_root()), "date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine(args.device),
         "reps": args.reps, "warmup": args.warmup, "train_batch": args.train_batch,
         "matmul_peak_gflops": matmul_peak_gflops(device=args.device),
         "accuracy": read_accuracy(args.accuracy),

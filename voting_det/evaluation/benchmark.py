@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["METHODS", "PROFILES", "Method", "Run", "plan_runs", "run_all", "repo_root"]
+__all__ = ["METHODS", "PROFILES", "Method", "Run", "git_commit", "plan_runs", "run_all", "repo_root"]
 
 NUM_FOLDS = 3
 
@@ -222,7 +222,8 @@ def plan_runs(methods: Sequence[str], folds: Sequence[int], profile: str, root: 
     return [Run(METHODS[m], f, p, dataset or p.dataset, root, tuple(extra_opts)) for f in folds for m in methods]
 
 
-def _git_commit(root: str) -> str:
+def git_commit(root: str) -> str:
+    """HEAD of the repository at ``root``, with "-dirty" when tracked files differ from it."""
     try:
         out = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
@@ -264,7 +265,7 @@ def run_one(run: Run, log=print) -> dict:
     # the code a run trained with: the commit at each (re)start, kept across interruptions
     starts_path = os.path.join(run.folder, "starts.json")
     starts = json.load(open(starts_path)) if os.path.isfile(starts_path) else []
-    starts.append({"commit": _git_commit(repo_root()), "at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    starts.append({"commit": git_commit(repo_root()), "at": time.strftime("%Y-%m-%d %H:%M:%S")})
     with open(starts_path, "w") as f:
         json.dump(starts, f, indent=1)
     start = time.time()
@@ -289,7 +290,7 @@ def run_one(run: Run, log=print) -> dict:
     info = {
         "method": run.method.name, "fold": run.fold, "profile": run.profile.name, "dataset": run.dataset,
         "opts": run.opts(), "config_sha256_16": config_hash, "commit": starts[0]["commit"],
-        "commits_at_starts": starts, "commit_at_evaluation": _git_commit(repo_root()),
+        "commits_at_starts": starts, "commit_at_evaluation": git_commit(repo_root()),
         "machine": machine(), "wall_seconds": round(previous + elapsed, 1),
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "metrics": {split: os.path.relpath(os.path.join(run.eval_dir(split), "nt_metrics.json"), run.folder)

@@ -154,11 +154,15 @@ def analyse(records: Sequence[dict], iou: float = 0.5, lenient_iou: float = 0.3,
     s.centre_error_mm = np.full(n, np.nan)
     s.gt_is_top1 = np.zeros(n, dtype=np.int64)  # ground truths matched by the image's top-1
     s.top1_unmatched = np.zeros(n, dtype=np.int64)  # 1 when the top-1 detection is unmatched
+    s.gt_size = np.full((n, 2), np.nan)  # (height, width) of the image's first ground truth
+    s.top1_size_ratio = np.full((n, 2), np.nan)  # top-1 (height, width) over the ground truth it overlaps most
     pos_scores, neg_scores, froc_scores, froc_tp = [], [], [], []
     for i, r in enumerate(records):
         gt = np.asarray(r.get("gt", []), dtype=np.float64).reshape(-1, 4)
         boxes, scores = _sorted_detections(r)
         s.n_gt[i] = len(gt)
+        if len(gt):
+            s.gt_size[i] = gt[0, 3] - gt[0, 1], gt[0, 2] - gt[0, 0]
         # all detections (FROC); greedy matching in score order is prefix-consistent,
         # so the top-N slots (paper-style) are matched by the first N of it
         det_to_gt, _ = match_detections(gt, boxes, iou)
@@ -184,6 +188,8 @@ def analyse(records: Sequence[dict], iou: float = 0.5, lenient_iou: float = 0.3,
                 cx, cy = (boxes[0, 0] + boxes[0, 2]) / 2, (boxes[0, 1] + boxes[0, 3]) / 2
                 s.top1_inside[i] = bool(np.any((gt[:, 0] <= cx) & (cx <= gt[:, 2]) & (gt[:, 1] <= cy) & (cy <= gt[:, 3])))
                 gx, gy = (gt[g, 0] + gt[g, 2]) / 2, (gt[g, 1] + gt[g, 3]) / 2
+                s.top1_size_ratio[i] = ((boxes[0, 3] - boxes[0, 1]) / (gt[g, 3] - gt[g, 1]),
+                                        (boxes[0, 2] - boxes[0, 0]) / (gt[g, 2] - gt[g, 0]))
                 s.centre_error[i] = float(np.hypot(cx - gx, cy - gy))
                 if r.get("pixel_spacing"):
                     s.centre_error_mm[i] = s.centre_error[i] * float(r["pixel_spacing"])

@@ -9,11 +9,9 @@ so each model gets its own subprocess (:func:`measure_memory_in_subprocess`).
 """
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -22,9 +20,11 @@ from torch import nn
 
 __all__ = [
     "ComponentTimer",
+    "HEAD_PREFIX",
     "build_model_from_config",
     "count_flops",
     "fit_line",
+    "inference_runner",
     "make_inputs",
     "matmul_peak_gflops",
     "measure_memory_in_subprocess",
@@ -125,6 +125,24 @@ def time_interleaved(
     return times
 
 
+# Component names of timed_components() that count as detection heads.
+HEAD_PREFIX = "head: "
+
+
+def inference_runner(model: nn.Module, inputs, device: str = "cpu") -> Tuple[Callable[[], object], "ComponentTimer"]:
+    """A closure running one ``torch.inference_mode`` call of ``model`` on
+    ``inputs`` and starting a new :class:`ComponentTimer` record each time,
+    and that timer (over :func:`timed_components`)."""
+    timer = ComponentTimer(timed_components(model), device)
+
+    def run():
+        timer.new_record()
+        with torch.inference_mode():
+            return model(inputs)
+
+    return run, timer
+
+
 class ComponentTimer:
     """Wall time of named submodules' forwards, through forward hooks.
 
@@ -139,14 +157,12 @@ class ComponentTimer:
         self._handles = []
         self.device = device
         for name, module in components.items():
-            self._handles.append(module.register_forward_pre_hook(self._pre(name)))
+            self._handles.append(module.register_forward_pre_hook(self._pre))
             self._handles.append(module.register_forward_hook(self._post(name)))
 
-    def _pre(self, name):
-        def hook(module, inputs):
-            _sync(self.device)
-            self._starts.setdefault(id(module), []).append(time.perf_counter())
-        return hook
+    def _pre(self, module, inputs):
+        _sync(self.device)
+        self._starts.setdefault(id(module), []).append(time.perf_counter())
 
     def _post(self, name):
         def hook(module, inputs, output):
@@ -158,6 +174,11 @@ class ComponentTimer:
 
     def new_record(self) -> None:
         self.records.append({})
+
+    def heads(self, last: int) -> List[float]:
+        """Seconds in the components named ``head: ...`` (the detection heads),
+        per record, of the ``last`` records."""
+        return [sum(v for k, v in r.items() if k.startswith(HEAD_PREFIX)) for r in self.records[-last:]]
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -173,12 +194,12 @@ def timed_components(model: nn.Module) -> Dict[str, nn.Module]:
     stages = getattr(model.roi_heads, "stages", None)
     if stages is not None:
         for level, stage in zip(model.roi_heads.levels, stages):
-            parts[f"head: local {level}"] = stage
+            parts[f"{HEAD_PREFIX}local {level}"] = stage
     else:
-        parts["head: roi_heads"] = model.roi_heads
+        parts[f"{HEAD_PREFIX}roi_heads"] = model.roi_heads
     if getattr(model, "context_head", None) is not None:
         parts["context backbone"] = model.context_backbone
-        parts["head: context"] = model.context_head
+        parts[f"{HEAD_PREFIX}context"] = model.context_head
     return parts
 
 
@@ -313,18 +334,3 @@ def measure_memory_in_subprocess(config_file: str, opts: Sequence[str], height: 
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
     raise RuntimeError(f"memory measurement of {config_file} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-
-
-@contextmanager
-def num_threads(threads: int):
-    """Set torch's intra-op thread count for a block."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def median_ms(times: Sequence[float]) -> float:
-    return statistics.median(times) * 1e3

@@ -129,27 +129,12 @@ def top1_outcomes(stats) -> np.ndarray:
     return out
 
 
-def _gt_heights(records) -> np.ndarray:
-    """Height of the (first) ground-truth box of every positive image."""
-    return np.array([np.asarray(r["gt"], dtype=float).reshape(-1, 4)[0, 3] - np.asarray(r["gt"], dtype=float).reshape(-1, 4)[0, 1]
-                     for r in records if len(r.get("gt", []))])
-
-
 def _top1_size_ratios(records) -> np.ndarray:
-    """(height, width) of the top-1 box over those of the (first) ground truth,
-    per positive image; NaN where there is no detection."""
-    out = []
-    for r in records:
-        gt = np.asarray(r.get("gt", []), dtype=float).reshape(-1, 4)
-        if not len(gt):
-            continue
-        boxes, scores = np.asarray(r.get("boxes", []), dtype=float).reshape(-1, 4), np.asarray(r.get("scores", []))
-        if not len(boxes):
-            out.append((np.nan, np.nan))
-            continue
-        b, g = boxes[int(np.argmax(scores))], gt[0]
-        out.append(((b[3] - b[1]) / (g[3] - g[1]), (b[2] - b[0]) / (g[2] - g[0])))
-    return np.asarray(out, dtype=float).reshape(-1, 2)
+    """(height, width) of the top-1 box over those of the ground truth it
+    overlaps most, per positive image; NaN where there is no detection
+    (:func:`voting_det.evaluation.metrics.analyse`'s ``top1_size_ratio``)."""
+    stats = M.analyse(records)
+    return stats.top1_size_ratio[stats.positive]
 
 
 def failure_lines(data) -> List[str]:
@@ -159,7 +144,7 @@ def failure_lines(data) -> List[str]:
     entries = [(e["method"].label or n, e) for n, e in data.items()]
     if not entries:
         return []
-    heights_all = np.concatenate([_gt_heights(d["records"]) for _, e in entries[:1] for d in e["folds"].values()])
+    heights_all = np.concatenate([d["stats"].gt_size[d["stats"].positive, 0] for d in entries[0][1]["folds"].values()])
     cuts = np.percentile(heights_all, [100 / 3, 200 / 3]) if len(heights_all) else np.array([np.nan, np.nan])
     lines = ["", "## Where the top-1 box fails (positive test images of the finished folds pooled; %)", "",
              f"NT height thirds (px, from the first row's images): < {cuts[0]:.0f}, {cuts[0]:.0f}-{cuts[1]:.0f}, > {cuts[1]:.0f}.", "",
@@ -170,14 +155,14 @@ def failure_lines(data) -> List[str]:
     for label, e in entries:
         outcomes = np.concatenate([top1_outcomes(d["stats"]) for d in e["folds"].values()])
         ious = np.concatenate([d["stats"].top1_iou[d["stats"].positive] for d in e["folds"].values()])
-        heights = np.concatenate([_gt_heights(d["records"]) for d in e["folds"].values()])
+        heights = np.concatenate([d["stats"].gt_size[d["stats"].positive, 0] for d in e["folds"].values()])
         n = len(outcomes)
         shares = [_fmt(100.0 * np.mean(outcomes == key)) if n else "n/a" for key, _ in OUTCOMES]
         correct = outcomes == "correct"
         third = np.digitize(heights, cuts)
         by_size = " / ".join(_fmt(100.0 * correct[third == t].mean()) if (third == t).any() else "n/a" for t in range(3))
         tight = f"{np.median(ious[correct]):.3f}" if correct.any() else "n/a"
-        ratios = np.concatenate([_top1_size_ratios(d["records"]) for d in e["folds"].values()])
+        ratios = np.concatenate([d["stats"].top1_size_ratio[d["stats"].positive] for d in e["folds"].values()])
         size_cells = [" / ".join(f"{np.nanmedian(ratios[third == t, axis]):.2f}" if np.isfinite(ratios[third == t, axis]).any()
                                  else "n/a" for t in range(3)) for axis in (0, 1)]
         lines.append(f"| {label} | {n} | " + " | ".join(shares) + f" | {tight} | {by_size} | "

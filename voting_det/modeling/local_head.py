@@ -198,7 +198,7 @@ class VotingStage(nn.Module):
         peak_points = grid_to_image(
             peak_cells.reshape(-1, 2), out["crop_boxes"].repeat_interleave(k, dim=0), self.grid_size
         ).reshape(r, k, 2)
-        D = self.primitives.spatial_templates()
+        D, _ = self.primitives.templates_and_operator()
         t = temperature(self.primitives.log_temperature, *self.primitives.log_temperature_range)
         trace = {
             "alpha": alpha,
