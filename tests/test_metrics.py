@@ -314,3 +314,16 @@ def test_compare_evals_tool_pairs_images_and_refuses_other_images(tmp_path, caps
     assert "| 50.0 [" in row and "| -50.0 [" in row  # top-1 accuracy and its paired difference to A
     assert tool.main([f"A={tmp_path / 'a'}", f"C={tmp_path / 'c'}"]) == 2
     assert "other images" in capsys.readouterr().err
+
+
+def test_align_records_reorders_to_the_reference_and_names_missing_images():
+    gt = [[100, 100, 300, 140]]
+    a = [rec(gt, [([100, 100, 300, 140], 0.9)], i) for i in range(4)]
+    b = [rec(gt, [([100, 100, 300, 140], 0.1 * i)], i) for i in (2, 0, 3, 1)]
+    aligned = M.align_records(a, b)
+    assert [r["image_id"] for r in aligned] == [r["image_id"] for r in a]
+    assert [r is b[k] for r, k in zip(aligned, (1, 3, 0, 2))] == [True] * 4
+    with pytest.raises(ValueError, match="1 only in the first"):
+        M.align_records(a, b[:3])
+    with pytest.raises(ValueError, match="listed twice"):
+        M.align_records(a, b + [b[0]])

@@ -53,9 +53,11 @@ def main(argv=None):
         loaded.append((label, folder, settings, sorted(records, key=lambda r: str(r["image_id"]))))
     common = check_same_settings({label: settings for label, _, settings, _ in loaded})
     ids = [str(r["image_id"]) for r in loaded[0][3]]
-    for label, _, _, records in loaded[1:]:
-        if [str(r["image_id"]) for r in records] != ids:
-            print(f"error: {label!r} was evaluated on other images than {loaded[0][0]!r}", file=sys.stderr)
+    for i, (label, folder, settings, records) in enumerate(loaded[1:], 1):
+        try:
+            loaded[i] = (label, folder, settings, M.align_records(loaded[0][3], records))
+        except ValueError as e:
+            print(f"error: {label!r} was evaluated on other images than {loaded[0][0]!r}: {e}", file=sys.stderr)
             return 2
     stats = [M.analyse(r, iou=common["match_iou"], top_n=common["paper_top_n"]) for _, _, _, r in loaded]
     lines = [f"# {len(ids)} images, settings: " + ", ".join(f"`{k}={v}`" for k, v in common.items()), "",

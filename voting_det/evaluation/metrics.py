@@ -45,6 +45,7 @@ __all__ = [
     "FROC_RATES",
     "NoNegativesError",
     "ImageStats",
+    "align_records",
     "analyse",
     "box_iou",
     "bootstrap",
@@ -332,6 +333,20 @@ def bootstrap(stats: ImageStats, num: int = 1000, seed: int = 0, threshold: Opti
         for key, v in samples.items()
         if not key.startswith("num_") and np.isfinite(v).any()
     }
+
+
+def align_records(reference: Sequence[dict], records: Sequence[dict]) -> List[dict]:
+    """``records`` reordered to the image order of ``reference``, so that two
+    evaluations of the same images can be compared pairwise (``paired_bootstrap``).
+    Raises ValueError naming a few images that only one of them has."""
+    by_id = {str(r["image_id"]): r for r in records}
+    ref_ids = [str(r["image_id"]) for r in reference]
+    only_ref, only_other = sorted(set(ref_ids) - set(by_id)), sorted(set(by_id) - set(ref_ids))
+    if only_ref or only_other or len(by_id) != len(records) or len(set(ref_ids)) != len(ref_ids):
+        raise ValueError(
+            f"not the same images: {len(only_ref)} only in the first (e.g. {only_ref[:3]}), "
+            f"{len(only_other)} only in the second (e.g. {only_other[:3]}), or an image listed twice")
+    return [by_id[i] for i in ref_ids]
 
 
 def paired_bootstrap(a: ImageStats, b: ImageStats, num: int = 1000, seed: int = 0, level: float = 0.95,

@@ -292,12 +292,11 @@ def tabulate(runs, out_dir: Optional[str] = None, command: str = "", num_bootstr
                 continue
             a_rec, _ = _pooled(data[ref], folds)
             b_rec, _ = _pooled(e, folds)
-            ida, idb = [r["image_id"] for r in a_rec], [r["image_id"] for r in b_rec]
-            order = {i: k for k, i in enumerate(idb)}
-            if sorted(map(str, ida)) != sorted(map(str, idb)):
+            try:
+                b_rec = M.align_records(a_rec, b_rec)
+            except ValueError:
                 lines.append(f"| {name} | - | test images differ: not paired |")
                 continue
-            b_rec = [b_rec[order[i]] for i in ida]
             sa = M.analyse(a_rec, iou=common["match_iou"], top_n=common["paper_top_n"])
             sb = M.analyse(b_rec, iou=common["match_iou"], top_n=common["paper_top_n"])
             diff = M.paired_bootstrap(sa, sb, num=num_bootstrap)
