@@ -87,6 +87,33 @@ def test_gpu_profile_runs_a_few_iterations_on_cpu(datasets_root, tmp_path, monke
     assert run.finished()
 
 
+def test_longer_schedule_starts_from_the_lcf_rows_model(datasets_root, tmp_path, monkeypatch):
+    """proposed_long: stage 1 is the same fold's LCF run (planned first, refused
+    while it has not finished), then Proposed trains the whole schedule from it."""
+    import torch
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(datasets_root))
+    assert [r.method.name for r in plan_runs(["proposed_long"], [0, 1], "smoke", str(tmp_path))] == [
+        "lcf", "proposed_long", "lcf", "proposed_long"]
+    lcf, long_run = plan_runs(["proposed_long"], [0], "smoke", str(tmp_path / "runs"), extra_opts=TINY)
+    with pytest.raises(RuntimeError, match="lcf/fold0's final model, which has not finished"):
+        run_one(long_run, log=lambda *_: None)
+    assert not os.path.exists(long_run.folder)
+    run_all([lcf, long_run], log=lambda *_: None)
+    assert long_run.finished()
+    frozen = long_run.frozen_configs()
+    assert f"WEIGHTS: {lcf.final_weights()}" in frozen and "MAX_ITER: 4" in frozen and "ENABLED: true" in frozen
+    # the local branch started from the LCF model: after 4 small Adam steps its
+    # first convolution is still close to LCF's (a fresh start would not be)
+    lcf_state = torch.load(lcf.final_weights(), map_location="cpu", weights_only=True)["model"]
+    long_state = torch.load(long_run.final_weights(), map_location="cpu", weights_only=True)["model"]
+    key = next(k for k in lcf_state if k.startswith("backbone.") and k.endswith("conv1.weight"))
+    assert key in long_state and not any(k.startswith("context") for k in lcf_state)
+    drift = (long_state[key] - lcf_state[key]).abs().max().item()
+    scale = lcf_state[key].abs().max().item()
+    assert drift < 0.05 * scale, (drift, scale)
+
+
 def test_unknown_method_profile_or_fold_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown method"):
         plan_runs(["yolo"], [0], "cpu", str(tmp_path))

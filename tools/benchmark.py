@@ -7,19 +7,21 @@
 
 Runs are resumable: rerun the same command after an interruption. Methods:
 names from voting_det.evaluation.benchmark.METHODS, or the groups table1,
-table1-r18 (Table 1 without the R50 rows), ablations (Tables 2 and 3).
+table1-r18 (Table 1 without the R50 rows), ablations (Tables 2 and 3), longer
+(LCF and Proposed's longer schedule, which starts from the LCF row's model).
 Profiles (--list shows them) are documented config overrides applied to every row.
 """
 import argparse
 import os
 import sys
 
-from voting_det.evaluation.benchmark import ABLATIONS, METHODS, PROFILES, TABLE1, plan_runs, run_all
+from voting_det.evaluation.benchmark import ABLATIONS, LONGER, METHODS, PROFILES, TABLE1, plan_runs, run_all
 
 GROUPS = {
     "table1": list(TABLE1),
     "table1-r18": [m for m in TABLE1 if not m.endswith("R50")],
     "ablations": list(ABLATIONS),
+    "longer": list(LONGER),
 }
 
 
