@@ -282,12 +282,11 @@ def test_top1_outcomes_sort_each_failure_kind_by_hand():
 
 
 def test_top1_size_ratios_by_hand():
-    from voting_det.evaluation.tables import _top1_size_ratios
-
     gt = [[0, 0, 200, 40]]
     records = [rec(gt, [([0, 0, 100, 10], 0.2), ([0, 0, 100, 20], 0.9)]),  # the top-1 is the 0.9 box
                rec(gt, []), rec([], [([0, 0, 5, 5], 0.5)])]
-    ratios = _top1_size_ratios(records)
+    stats = M.analyse(records)
+    ratios = stats.top1_size_ratio[stats.positive]
     assert ratios.shape == (2, 2)
     np.testing.assert_allclose(ratios[0], [0.5, 0.5])
     assert np.isnan(ratios[1]).all()

@@ -129,14 +129,6 @@ def top1_outcomes(stats) -> np.ndarray:
     return out
 
 
-def _top1_size_ratios(records) -> np.ndarray:
-    """(height, width) of the top-1 box over those of the ground truth it
-    overlaps most, per positive image; NaN where there is no detection
-    (:func:`voting_det.evaluation.metrics.analyse`'s ``top1_size_ratio``)."""
-    stats = M.analyse(records)
-    return stats.top1_size_ratio[stats.positive]
-
-
 def failure_lines(data) -> List[str]:
     """Where each row's top-1 box goes wrong (test images of the finished folds
     pooled): the outcome shares of :func:`top1_outcomes`, the median IoU of the
@@ -284,20 +276,23 @@ def tabulate(runs, out_dir: Optional[str] = None, command: str = "", num_bootstr
                       "(same test images; [95% interval]; P = share of resamples where the difference is <= 0)", ""]
         lines += ["| row | images | " + " | ".join(dict(COLUMNS)[k] for k in PAIRED_KEYS) + " |",
                   "|" + "---|" * (len(PAIRED_KEYS) + 2)]
+        ref_stats = {}  # the reference's pooled records and stats, once per set of folds
         for name, e in data.items():
             if name == ref:
                 continue
-            folds = sorted(set(e["folds"]) & set(data[ref]["folds"]))
+            folds = tuple(sorted(set(e["folds"]) & set(data[ref]["folds"])))
             if not folds:
                 continue
-            a_rec, _ = _pooled(data[ref], folds)
+            if folds not in ref_stats:
+                a_rec, _ = _pooled(data[ref], folds)
+                ref_stats[folds] = a_rec, M.analyse(a_rec, iou=common["match_iou"], top_n=common["paper_top_n"])
+            a_rec, sa = ref_stats[folds]
             b_rec, _ = _pooled(e, folds)
             try:
                 b_rec = M.align_records(a_rec, b_rec)
             except ValueError:
                 lines.append(f"| {name} | - | test images differ: not paired |")
                 continue
-            sa = M.analyse(a_rec, iou=common["match_iou"], top_n=common["paper_top_n"])
             sb = M.analyse(b_rec, iou=common["match_iou"], top_n=common["paper_top_n"])
             diff = M.paired_bootstrap(sa, sb, num=num_bootstrap)
             cells = []
