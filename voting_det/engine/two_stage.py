@@ -7,6 +7,8 @@ import os
 from typing import Dict, Sequence, Tuple
 
 from detectron2.config import CfgNode, get_cfg
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 
 from ..config import add_voting_config, merge_config_file, resolve_device
 from .run_folder import refuse_other_run
@@ -80,6 +82,9 @@ def train_two_stage(stage1: CfgNode, stage2: CfgNode, resume: bool = True) -> Di
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
             f.write(cfg.dump())
+        # as detectron2's default_setup does for tools/train_net.py: the model's
+        # initialisation, the data order and the random draws follow cfg.SEED
+        seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + comm.get_rank())
         trainer = Trainer(cfg)
         if resume and os.path.isfile(final):
             logger.info("%s: %s exists, not training it again", name, final)
