@@ -292,13 +292,18 @@ def test_top1_size_ratios_by_hand():
     assert np.isnan(ratios[1]).all()
 
 
-def test_compare_evals_tool_pairs_images_and_refuses_other_images(tmp_path, capsys):
+def _compare_evals_tool():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("compare_evals", os.path.join(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "compare_evals.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_compare_evals_tool_pairs_images_and_refuses_other_images(tmp_path, capsys):
+    tool = _compare_evals_tool()
     gt = [[100, 100, 300, 140]]
     settings = {"match_iou": 0.5, "paper_top_n": 10}
     good = [rec(gt, [([100, 100, 300, 140], 0.9)], i) for i in range(4)]
@@ -326,3 +331,35 @@ def test_align_records_reorders_to_the_reference_and_names_missing_images():
         M.align_records(a, b[:3])
     with pytest.raises(ValueError, match="listed twice"):
         M.align_records(a, b + [b[0]])
+
+
+def test_compare_evals_pools_folders_of_different_images(tmp_path, capsys):
+    """Two validation splits pooled (FOLDER:FOLDER): the pooled top-1 accuracy
+    counts every image once; pooling one image twice or pooling evaluations
+    made with other settings is refused."""
+    tool = _compare_evals_tool()
+    gt = [[100, 100, 300, 140]]
+    settings = {"match_iou": 0.5, "paper_top_n": 10}
+    hit = lambda i: rec(gt, [([100, 100, 300, 140], 0.9)], i)  # noqa: E731
+    miss = lambda i: rec(gt, [([500, 500, 600, 540], 0.9)], i)  # noqa: E731
+    folders = {"a1": [hit(0), hit(1), hit(2)], "a2": [hit(10), miss(11)],  # A: 4 of 5
+               "b1": [hit(0), miss(1), miss(2)], "b2": [hit(10), hit(11)],  # B: 3 of 5
+               "dup": [hit(2)]}
+    for name, records in folders.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "nt_detections.json").write_text(json.dumps({"dataset": name, "settings": settings, "images": records}))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "nt_detections.json").write_text(json.dumps(
+        {"dataset": "other", "settings": dict(settings, match_iou=0.3), "images": [hit(10), hit(11)]}))
+    d = lambda *names: os.pathsep.join(str(tmp_path / n) for n in names)  # noqa: E731
+    out = tmp_path / "pooled.md"
+    assert tool.main([f"A={d('a1', 'a2')}", f"B={d('b2', 'b1')}", "--num-bootstrap", "50", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# 5 images")
+    assert "| 80.0 [" in next(line for line in text.splitlines() if line.startswith("| A |"))
+    row = next(line for line in text.splitlines() if line.startswith("| B |"))
+    assert "| 60.0 [" in row and "| -20.0 [" in row
+    assert tool.main([f"A={d('a1', 'dup')}", f"B={d('b1', 'b2')}"]) == 2
+    assert "more than once" in capsys.readouterr().err
+    assert tool.main([f"A={d('a1', 'other')}", f"B={d('b1', 'b2')}"]) == 2
+    assert "match_iou" in capsys.readouterr().err

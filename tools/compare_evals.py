@@ -10,6 +10,9 @@ fails (the per-branch / per-stage analysis of a Table 1 row).
 
 Each argument is LABEL=FOLDER (split at the last "="), the folder holding NTEvaluator's
 ``nt_detections.json``; the settings must be identical (refused otherwise).
+FOLDER may list several folders separated by ":" (os.pathsep) to pool the
+images of several evaluations, e.g. the validation splits of two folds, each
+with its own fold's model: every argument must then pool the same images.
 """
 import argparse
 import os
@@ -44,13 +47,28 @@ def main(argv=None):
     args = parse_args(argv)
     loaded = []
     for item in args.evals:
-        label, sep, folder = item.rpartition("=")
-        path = os.path.join(folder, DETECTIONS_FILE)
-        if not sep or not os.path.isfile(path):
-            print(f"error: {item!r} is not LABEL=FOLDER with a {DETECTIONS_FILE} in FOLDER", file=sys.stderr)
+        label, sep, folders = item.rpartition("=")
+        paths = [os.path.join(folder, DETECTIONS_FILE) for folder in folders.split(os.pathsep)]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if not sep or missing:
+            print(f"error: {item!r} is not LABEL=FOLDER[{os.pathsep}FOLDER...] with a {DETECTIONS_FILE} in each "
+                  f"FOLDER (missing: {', '.join(missing) or 'the LABEL='})", file=sys.stderr)
             return 2
-        _, settings, records = load_records(path)
-        loaded.append((label, folder, settings, sorted(records, key=lambda r: str(r["image_id"]))))
+        pieces = [load_records(p) for p in paths]
+        try:  # pooled pieces must have been evaluated alike
+            settings = check_same_settings({p: s for p, (_, s, _) in zip(paths, pieces)})
+        except ValueError as e:
+            print(f"error: {label!r}: {e}", file=sys.stderr)
+            return 2
+        records = [r for _, _, rs in pieces for r in rs]
+        seen, twice = set(), set()
+        for r in records:
+            (twice if str(r["image_id"]) in seen else seen).add(str(r["image_id"]))
+        if twice:
+            print(f"error: {label!r} pools image ids more than once ({', '.join(sorted(twice)[:5])}): pool "
+                  f"evaluations of different images", file=sys.stderr)
+            return 2
+        loaded.append((label, folders, settings, sorted(records, key=lambda r: str(r["image_id"]))))
     common = check_same_settings({label: settings for label, _, settings, _ in loaded})
     ids = [str(r["image_id"]) for r in loaded[0][3]]
     for i, (label, folder, settings, records) in enumerate(loaded[1:], 1):
