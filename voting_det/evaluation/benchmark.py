@@ -106,7 +106,7 @@ PROFILES: Dict[str, Profile] = {
             ("INPUT.MIN_SIZE_TRAIN", "(576,)", "INPUT.MIN_SIZE_TEST", "576", "INPUT.MAX_SIZE_TRAIN", "1024",
              "INPUT.MAX_SIZE_TEST", "1024", "DATALOADER.NUM_WORKERS", "1", "MODEL.DEVICE", "cpu")
             + _schedule(600, (450,), 2, 50, 100),
-            "the built-in synthetic set (make demo's: 400 images, seed 0) at its native 576x768, the cpu "
+            "the built-in synthetic set (make demo's: 240 images, seed 0) at its native 576x768, the cpu "
             "schedule.",
             60.0,
         ),
