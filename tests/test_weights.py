@@ -239,3 +239,59 @@ def test_config_keys_load_pretrained_weights_into_both_backbones(tmp_path):
     for backbone in (model.backbone, model.context_backbone):
         assert torch.allclose(backbone.stem.conv1.weight, summed)
         assert torch.equal(backbone.res4[1].conv2.weight, reference.layer3[1].conv2.weight)
+
+
+def _voting_model(*opts):
+    cfg = get_cfg()
+    add_voting_config(cfg)
+    merge_config_file(cfg, os.path.join(os.path.dirname(__file__), "..", "configs", "nt_voting.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
+    return cfg, build_model(cfg)
+
+
+def test_context_backbone_starts_as_a_copy_of_a_stage1_local_backbone_only_when_asked(tmp_path):
+    """MODEL.CONTEXT.INIT_FROM_LOCAL: loading weights without a context backbone
+    (an LCF model) copies their local backbone into it, as separate tensors; off,
+    the context backbone keeps its own initialisation; a checkpoint with context
+    weights (stage 2 resumed) always loads its own."""
+    from voting_det.engine.checkpoint import SafeCheckpointer
+
+    torch.manual_seed(1)
+    lcf_cfg = get_cfg()
+    add_voting_config(lcf_cfg)
+    merge_config_file(lcf_cfg, os.path.join(os.path.dirname(__file__), "..", "configs", "nt_lcf.yaml"))
+    lcf_cfg.merge_from_list(["MODEL.DEVICE", "cpu"])
+    lcf = build_model(lcf_cfg)
+    assert lcf.context_backbone is None
+    lcf_path = str(tmp_path / "lcf.pth")
+    torch.save({"model": lcf.state_dict()}, lcf_path)
+    local = {k[len("backbone."):]: v for k, v in lcf.state_dict().items() if k.startswith("backbone.")}
+
+    torch.manual_seed(2)
+    _, off = _voting_model()
+    before = {k: v.clone() for k, v in off.context_backbone.state_dict().items()}
+    SafeCheckpointer(off).load(lcf_path)
+    assert all(torch.equal(off.context_backbone.state_dict()[k], before[k]) for k in before)
+    assert torch.equal(off.backbone.res4[0].conv1.weight, local["res4.0.conv1.weight"])
+
+    torch.manual_seed(2)
+    cfg, on = _voting_model("MODEL.CONTEXT.INIT_FROM_LOCAL", "True")
+    SafeCheckpointer(on).load(lcf_path)
+    ctx = on.context_backbone.state_dict()
+    assert ctx.keys() == local.keys() and len(ctx) > 10
+    for k in local:
+        assert torch.equal(ctx[k], local[k]), k
+    assert not torch.equal(ctx["stem.conv1.weight"], before["stem.conv1.weight"])
+    with torch.no_grad():  # own tensors: changing one backbone leaves the other
+        on.context_backbone.stem.conv1.weight.add_(1.0)
+    assert torch.equal(on.backbone.stem.conv1.weight, local["stem.conv1.weight"])
+
+    stage2_path = str(tmp_path / "stage2.pth")
+    torch.save({"model": on.state_dict()}, stage2_path)
+    torch.manual_seed(3)
+    _, resumed = _voting_model("MODEL.CONTEXT.INIT_FROM_LOCAL", "True")
+    SafeCheckpointer(resumed).load(stage2_path)
+    assert torch.equal(resumed.context_backbone.stem.conv1.weight, local["stem.conv1.weight"] + 1.0)
+
+    with pytest.raises(ValueError, match="MODEL.CONTEXT.INIT_FROM_LOCAL"):
+        _voting_model("MODEL.CONTEXT.INIT_FROM_LOCAL", "True", "MODEL.CONTEXT.PRETRAINED_BACKBONE", lcf_path)

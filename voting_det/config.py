@@ -184,6 +184,14 @@ def _add_context_config(cfg: CN) -> None:
     c.IN_FEATURE = "res4"
     # Pretrained ResNet-18 for the context backbone (as MODEL.VOTING.PRETRAINED_BACKBONE).
     c.PRETRAINED_BACKBONE = ""
+    # Initialisation of the context backbone when the weights loaded into the
+    # model have none (a stage-1 LCF model, MODEL.WEIGHTS of stage 2): False =
+    # it keeps its own random (or PRETRAINED_BACKBONE) initialisation, as the
+    # paper's separate context network; True = it starts as a copy of the loaded
+    # local backbone and trains on as its own weights (tuning trial 3,
+    # benchmarks/results/tuning/README.md). A checkpoint that has context
+    # weights (resume, a finished Proposed) always loads them.
+    c.INIT_FROM_LOCAL = False
     # O: number of context boxes; a built-in layout exists for 2, 4 and 6.
     c.NUM_BOXES = 4
     # Custom layout: O rows (dx, dy, w, h) in fractions of the image around the
@@ -280,6 +288,9 @@ def validate_voting_config(cfg: CN) -> None:
             _fail("MODEL.CONTEXT.UNION_POOLER_SAMPLING_RATIO", f"must be >= 0 (0 = adaptive), got {c.UNION_POOLER_SAMPLING_RATIO}")
         if c.DEFORM_GAMMA < 0:
             _fail("MODEL.CONTEXT.DEFORM_GAMMA", f"must be >= 0, got {c.DEFORM_GAMMA}")
+        if c.INIT_FROM_LOCAL and c.PRETRAINED_BACKBONE:
+            _fail("MODEL.CONTEXT.INIT_FROM_LOCAL", "and MODEL.CONTEXT.PRETRAINED_BACKBONE both initialise the context "
+                  "backbone; set one of them")
 
 
 def _merge_dicts(src: Dict[str, Any], dst: Dict[str, Any]) -> None:

@@ -98,6 +98,7 @@ class VotingRCNN(GeneralizedRCNN):
         trace_normalize: bool = False,
         channels_last_stem: bool = False,
         test_mu: float = -1.0,
+        context_init_from_local: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -114,6 +115,7 @@ class VotingRCNN(GeneralizedRCNN):
         self.branch_loss_weights = dict(branch_loss_weights)
         self.return_intermediate = return_intermediate
         self.test_mu = test_mu
+        self.context_init_from_local = context_init_from_local
         self.explain = explain
         self.explain_options = {
             "top": explain_top_primitives,
@@ -154,8 +156,23 @@ class VotingRCNN(GeneralizedRCNN):
             trace_normalize=cfg.MODEL.VOTING.TRACE_NORMALIZE,
             channels_last_stem=cfg.MODEL.VOTING.CHANNELS_LAST_STEM,
             test_mu=c.TEST_MU,
+            context_init_from_local=c.INIT_FROM_LOCAL,
         )
         return ret
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # MODEL.CONTEXT.INIT_FROM_LOCAL: weights without a context backbone (a
+        # stage-1 LCF model) give it a copy of their local backbone. Runs before
+        # the children load (torch loads a module, then its children, from the
+        # same dict), so the copies load as if they were in the file.
+        if self.context_backbone is not None and self.context_init_from_local:
+            src, dst = prefix + "backbone.", prefix + "context_backbone."
+            if not any(k.startswith(dst) for k in state_dict) and any(k.startswith(src) for k in state_dict):
+                copies = {dst + k[len(src):]: v.clone() for k, v in state_dict.items() if k.startswith(src)}
+                state_dict.update(copies)
+                logger.info("context backbone initialised from the loaded local backbone (%d tensors, "
+                            "MODEL.CONTEXT.INIT_FROM_LOCAL)", len(copies))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def mu(self) -> Optional[Tensor]:
