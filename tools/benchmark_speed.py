@@ -16,7 +16,6 @@ Writes ``speed.json`` and ``speed.md`` to ``--out``.
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -25,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from voting_det.evaluation.benchmark import METHODS, TABLE1, git_commit, repo_root  # noqa: E402
+from voting_det.evaluation.benchmark import METHODS, TABLE1, git_commit, machine_info, repo_root  # noqa: E402
 from voting_det.evaluation.speed import (  # noqa: E402
     HEAD_PREFIX,
     build_model_from_config,
@@ -80,21 +79,6 @@ def _size(text):
     except ValueError:
         raise SystemExit(f"error: --sizes entry {text!r} is not HxW (e.g. 576x768)") from None
     return h, w
-
-
-def _machine(device):
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "device": device}
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def _model_spec(name, extra=()):
@@ -325,7 +309,7 @@ def main(argv=None):
     sizes = [_size(s) for s in args.sizes]
     report = {
         "command": "python " + " ".join([os.path.relpath(sys.argv[0], repo_root())] + sys.argv[1:]),
-        "commit": git_commit(repo_root()), "date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine(args.device),
+        "commit": git_commit(repo_root()), "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_info(args.device),
         "reps": args.reps, "warmup": args.warmup, "train_batch": args.train_batch,
         "matmul_peak_gflops": matmul_peak_gflops(device=args.device),
         "accuracy": read_accuracy(args.accuracy),

@@ -262,11 +262,33 @@ def git_commit(root: str) -> str:
         return "unknown"
 
 
-def machine() -> str:
+def machine_info(device: str = "cpu") -> dict:
+    """This machine, as the speed tool and the run manifests record it: CPU
+    model, cores, torch threads, versions, and the GPU for a CUDA device."""
     import torch
 
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, {dev}, threads {torch.get_num_threads()}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "device": device}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def machine() -> str:
+    """One line for a run's manifest: :func:`machine_info` of the device training used."""
+    import torch
+
+    m = machine_info("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = f", {m['gpu']}" if "gpu" in m else ""
+    return (f"{platform.node()}: {m['cpu']}, {m['cores']} cores, {m['threads']} threads{gpu}; "
+            f"torch {m['torch']}, python {m['python']}")
 
 
 def _check_or_record_config(run: Run) -> str:
