@@ -22,8 +22,16 @@ def test_runner_trains_evaluates_resumes_and_tabulates(datasets_root, tmp_path, 
     monkeypatch.setenv("DETECTRON2_DATASETS", str(datasets_root))
     runs = plan_runs(["ls"], [0], "smoke", str(tmp_path / "runs"), extra_opts=TINY)
     messages = []
-    infos = run_all(runs, log=messages.append)
+    # a tuning trial: trained and evaluated on the validation split only, not finished
+    assert run_all(runs, log=messages.append, val_only=True) == []
     run = runs[0]
+    assert not run.finished() and os.path.isfile(os.path.join(run.eval_dir("val"), "nt_metrics.json"))
+    assert not os.path.exists(run.eval_dir("test"))
+    assert any("not evaluated" in m for m in messages)
+    weights_mtime = os.path.getmtime(run.final_weights())
+    # then finished: the test split evaluated, no training again
+    infos = run_all(runs, log=messages.append)
+    assert os.path.getmtime(run.final_weights()) == weights_mtime
     assert run.finished() and infos[0]["method"] == "ls" and infos[0]["wall_seconds"] > 0
     for split in ("val", "test"):
         metrics = json.load(open(os.path.join(run.eval_dir(split), "nt_metrics.json")))

@@ -34,6 +34,10 @@ def parse_args(argv=None):
     p.add_argument("--root", default="output/benchmark", help="folder of the runs")
     p.add_argument("--out", default=None, help="write the tables, plots and manifest here (default: only print)")
     p.add_argument("--tabulate-only", action="store_true", help="do not train: tabulate the finished runs")
+    p.add_argument("--val-only", action="store_true",
+                   help="train and evaluate on each fold's validation split only, print no tables, and leave the "
+                        "runs unfinished (a tuning trial decided before its test split is seen); rerun without it "
+                        "to evaluate the test split and finish them")
     p.add_argument("--calipers", choices=("auto", "yes", "no"), default="auto",
                    help="report metrics with and without caliper-marked images (auto: for the real set nt_real)")
     p.add_argument("--speed", default="benchmarks/results/speed_cpu/speed.json",
@@ -66,8 +70,14 @@ def main(argv=None):
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.val_only and args.tabulate_only:
+        print("error: --val-only trains; it cannot be combined with --tabulate-only", file=sys.stderr)
+        return 2
     if not args.tabulate_only:
-        run_all(runs)
+        run_all(runs, val_only=args.val_only)
+    if args.val_only:
+        print("validation evaluations: " + ", ".join(r.eval_dir("val") for r in runs) + " (test split not evaluated)")
+        return 0
     from voting_det.evaluation.tables import tabulate
 
     calipers = args.calipers == "yes" or (args.calipers == "auto" and runs[0].dataset.startswith("nt_real"))

@@ -211,7 +211,8 @@ class Run:
         resolve_device(cfg)
         return cfg.dump()
 
-    def commands(self) -> List[List[str]]:
+    def commands(self, splits: Sequence[str] = ("val", "test")) -> List[List[str]]:
+        """Train, then evaluate on ``splits`` of the fold."""
         root, py = repo_root(), sys.executable
         if self.method.two_stage:
             train = [py, os.path.join(root, "tools/train_voting.py"), "--dataset", self.dataset, "--fold", str(self.fold),
@@ -223,7 +224,8 @@ class Run:
                      "--resume", *self._own_opts(), "OUTPUT_DIR", self.train_dirs()[0]]
             eval_config = os.path.join(self.train_dirs()[0], "config.yaml")
         evaluate = [py, os.path.join(root, "tools/train_net.py"), "--config-file", eval_config, "--eval-only",
-                    "MODEL.WEIGHTS", self.final_weights(), "DATASETS.TEST", f"('{self.split('val')}', '{self.split('test')}')",
+                    "MODEL.WEIGHTS", self.final_weights(),
+                    "DATASETS.TEST", "(" + "".join(f"'{self.split(s)}', " for s in splits) + ")",
                     "OUTPUT_DIR", os.path.join(self.folder, "eval")]
         return [train, evaluate]
 
@@ -310,8 +312,12 @@ def _check_or_record_config(run: Run) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_one(run: Run, log=print) -> dict:
-    """Train (resuming), evaluate on val and test, write ``run.json``."""
+def run_one(run: Run, log=print, val_only: bool = False) -> Optional[dict]:
+    """Train (resuming), evaluate on val and test, write ``run.json``. With
+    ``val_only`` (a tuning trial decided before its test split is seen): train
+    and evaluate on the validation split alone, and leave the run unfinished
+    (no ``run.json``, returns None); a later call without it evaluates both
+    splits and finishes it without training again."""
     first = run.stage1_run()
     if first is not None and not first.finished():
         raise RuntimeError(f"{run.name} starts from {first.name}'s final model, which has not finished "
@@ -327,7 +333,7 @@ def run_one(run: Run, log=print) -> dict:
     log_path = os.path.join(run.folder, "log.txt")
     env = dict(os.environ)
     env.setdefault("PYTHONPATH", repo_root())
-    for step, cmd in zip(("train", "evaluate"), run.commands()):
+    for step, cmd in zip(("train", "evaluate"), run.commands(("val",) if val_only else ("val", "test"))):
         if step == "train" and os.path.isfile(run.final_weights()):
             continue
         with open(log_path, "a") as logf:
@@ -336,6 +342,10 @@ def run_one(run: Run, log=print) -> dict:
             proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=repo_root())
         if proc.returncode != 0:
             raise RuntimeError(f"{run.name}: {step} failed (exit {proc.returncode}); see {log_path}")
+    if val_only:
+        log(f"    {run.name}: trained and evaluated on {run.split('val')} only ({run.eval_dir('val')}); the test "
+            "split is not evaluated and the run is not finished: rerun without --val-only to finish it")
+        return None
     elapsed = time.time() - start
     previous = 0.0
     partial = os.path.join(run.folder, "wall_seconds.json")
@@ -357,8 +367,9 @@ def run_one(run: Run, log=print) -> dict:
     return info
 
 
-def run_all(runs: Sequence[Run], log=print) -> List[dict]:
-    """Run every unfinished run in order, printing progress and an ETA."""
+def run_all(runs: Sequence[Run], log=print, val_only: bool = False) -> List[dict]:
+    """Run every unfinished run in order, printing progress and an ETA
+    (``val_only``: see :func:`run_one`)."""
     done_times = []
     infos = []
     todo = [r for r in runs if not r.finished()]
@@ -369,7 +380,9 @@ def run_all(runs: Sequence[Run], log=print) -> List[dict]:
             f"ETA for the rest about {per * (len(todo) - i + 1) / 60:.0f} min")
         t = time.time()
         try:
-            infos.append(run_one(run, log))
+            info = run_one(run, log, val_only=val_only)
+            if info is not None:
+                infos.append(info)
         finally:
             # keep the time spent on an interrupted run for its final wall time
             os.makedirs(run.folder, exist_ok=True)
