@@ -360,6 +360,9 @@ def test_compare_evals_pools_folders_of_different_images(tmp_path, capsys):
     row = next(line for line in text.splitlines() if line.startswith("| B |"))
     assert "| 60.0 [" in row and "| -20.0 [" in row
     assert tool.main([f"A={d('a1', 'dup')}", f"B={d('b1', 'b2')}"]) == 2
-    assert "more than once" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "more than once" in err and str(tmp_path / "dup") in err
+    assert tool.main([f"A={d('a1')}{os.pathsep}", f"B={d('b1')}"]) == 2  # an empty folder entry
+    assert "missing" in capsys.readouterr().err
     assert tool.main([f"A={d('a1', 'other')}", f"B={d('b1', 'b2')}"]) == 2
     assert "match_iou" in capsys.readouterr().err

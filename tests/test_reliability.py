@@ -245,6 +245,11 @@ def test_training_twice_gives_identical_weights_with_the_configs_own_seed(tiny_d
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             finals.append(out / "stage2_voting" / "model_final.pth")
         _finish(proc)
+    if tool == "train_voting":  # stage 1 finished, stage 2 trained in a later process: seeded per stage
+        import shutil
+
+        shutil.rmtree(tmp_path / "b" / "stage2_voting")
+        _finish(subprocess.Popen(proc.args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     a, b = _weights(finals[0]), _weights(finals[1])
     assert a.keys() == b.keys()
     for k in a:

@@ -48,8 +48,9 @@ def main(argv=None):
     loaded = []
     for item in args.evals:
         label, sep, folders = item.rpartition("=")
-        paths = [os.path.join(folder, DETECTIONS_FILE) for folder in folders.split(os.pathsep)]
-        missing = [p for p in paths if not os.path.isfile(p)]
+        parts = folders.split(os.pathsep)
+        paths = [os.path.join(folder, DETECTIONS_FILE) for folder in parts]
+        missing = [p for p, folder in zip(paths, parts) if not folder or not os.path.isfile(p)]
         if not sep or missing:
             print(f"error: {item!r} is not LABEL=FOLDER[{os.pathsep}FOLDER...] with a {DETECTIONS_FILE} in each "
                   f"FOLDER (missing: {', '.join(missing) or 'the LABEL='})", file=sys.stderr)
@@ -60,13 +61,16 @@ def main(argv=None):
         except ValueError as e:
             print(f"error: {label!r}: {e}", file=sys.stderr)
             return 2
-        records = [r for _, _, rs in pieces for r in rs]
-        seen, twice = set(), set()
-        for r in records:
-            (twice if str(r["image_id"]) in seen else seen).add(str(r["image_id"]))
+        records, where = [], {}
+        for path, (_, _, rs) in zip(paths, pieces):
+            for r in rs:
+                where.setdefault(str(r["image_id"]), []).append(path)
+                records.append(r)
+        twice = {i: ps for i, ps in where.items() if len(ps) > 1}
         if twice:
-            print(f"error: {label!r} pools image ids more than once ({', '.join(sorted(twice)[:5])}): pool "
-                  f"evaluations of different images", file=sys.stderr)
+            shown = "; ".join(f"{i} in {', '.join(ps)}" for i, ps in sorted(twice.items())[:5])
+            print(f"error: {label!r} pools {len(twice)} image id(s) more than once ({shown}): pool evaluations "
+                  "of different images", file=sys.stderr)
             return 2
         loaded.append((label, folders, settings, sorted(records, key=lambda r: str(r["image_id"]))))
     common = check_same_settings({label: settings for label, _, settings, _ in loaded})

@@ -12,6 +12,7 @@ import sys
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import voting_det  # noqa: F401  (registers the data sets)
 from voting_det import add_voting_config
@@ -54,6 +55,8 @@ def check_output_dir(cfg, args) -> None:
 def setup(args):
     cfg = build_cfg(args)
     default_setup(cfg, args)
+    # voting_det's own messages (e.g. MODEL.CONTEXT.INIT_FROM_LOCAL) in the run's log too
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="voting_det")
     return cfg
 
 

@@ -61,6 +61,10 @@ class SafeCheckpointer(DetectionCheckpointer):
         return cls(model, save_dir, trust_pickle=bool(c and c.TRUST_PICKLE),
                    skip_mismatched=bool(c and c.SKIP_MISMATCHED), **kw)
 
+    def load(self, path: str, *args, **kwargs):
+        self._loading = path  # named by _load_model's error
+        return super().load(path, *args, **kwargs)
+
     def _load_file(self, filename: str):
         if filename.endswith(PICKLE_SUFFIXES) and not self.trust_pickle:
             _safe_load(filename, False)  # raises UnsafeWeightsError
@@ -79,7 +83,8 @@ class SafeCheckpointer(DetectionCheckpointer):
         if mismatched and not self.skip_mismatched:
             shown = "\n  ".join(mismatched[:10]) + (f"\n  ... and {len(mismatched) - 10} more" if len(mismatched) > 10 else "")
             raise ValueError(
-                f"the weights file does not fit this model ({len(mismatched)} parameter(s) of another shape: another "
+                f"the weights file {getattr(self, '_loading', '')} does not fit this model ({len(mismatched)} "
+                "parameter(s) of another shape: another "
                 f"architecture or config, e.g. MODEL.VOTING.NUM_PRIMITIVES):\n  {shown}\nLoad a file of this config, "
                 "or set MODEL.CHECKPOINT.SKIP_MISMATCHED True to leave those parameters at their initial values"
             )

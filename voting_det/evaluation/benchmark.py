@@ -161,6 +161,12 @@ class Run:
         return (["DATASETS.TRAIN", f"('{self.split('train')}',)", "DATASETS.TEST", "()"]
                 + list(self.profile.opts) + list(self.method.opts) + list(self.extra_opts))
 
+    def device(self) -> str:
+        """The last MODEL.DEVICE among the run's overrides ("" when none sets it)."""
+        opts = self.opts()
+        found = [opts[i + 1] for i in range(0, len(opts) - 1, 2) if opts[i] == "MODEL.DEVICE"]
+        return found[-1] if found else ""
+
     @property
     def done_file(self) -> str:
         return os.path.join(self.folder, "run.json")
@@ -283,11 +289,12 @@ def machine_info(device: str = "cpu") -> dict:
     return info
 
 
-def machine() -> str:
-    """One line for a run's manifest: :func:`machine_info` of the device training used."""
+def machine(device: str = "") -> str:
+    """One line for a run's manifest: :func:`machine_info` of ``device`` (the
+    run's MODEL.DEVICE; "" = cuda when available)."""
     import torch
 
-    m = machine_info("cuda" if torch.cuda.is_available() else "cpu")
+    m = machine_info(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = f", {m['gpu']}" if "gpu" in m else ""
     return (f"{platform.node()}: {m['cpu']}, {m['cores']} cores, {m['threads']} threads{gpu}; "
             f"torch {m['torch']}, python {m['python']}")
@@ -356,7 +363,7 @@ def run_one(run: Run, log=print, val_only: bool = False) -> Optional[dict]:
         "method": run.method.name, "fold": run.fold, "profile": run.profile.name, "dataset": run.dataset,
         "opts": run.opts(), "config_sha256_16": config_hash, "commit": starts[0]["commit"],
         "commits_at_starts": starts, "commit_at_evaluation": git_commit(repo_root()),
-        "machine": machine(), "wall_seconds": round(previous + elapsed, 1),
+        "machine": machine(run.device()), "wall_seconds": round(previous + elapsed, 1),
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "metrics": {split: os.path.relpath(os.path.join(run.eval_dir(split), "nt_metrics.json"), run.folder)
                     for split in ("val", "test")},

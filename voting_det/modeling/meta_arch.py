@@ -168,8 +168,14 @@ class VotingRCNN(GeneralizedRCNN):
         if self.context_backbone is not None and self.context_init_from_local:
             src, dst = prefix + "backbone.", prefix + "context_backbone."
             if not any(k.startswith(dst) for k in state_dict) and any(k.startswith(src) for k in state_dict):
-                copies = {dst + k[len(src):]: v.clone() for k, v in state_dict.items() if k.startswith(src)}
+                wanted = list(self.context_backbone.state_dict())  # the context backbone's own keys only
+                copies = {dst + k: state_dict[src + k].clone() for k in wanted if src + k in state_dict}
                 state_dict.update(copies)
+                left = [k for k in wanted if src + k not in state_dict]
+                if left:
+                    logger.warning("MODEL.CONTEXT.INIT_FROM_LOCAL: the loaded local backbone lacks %d of the context "
+                                   "backbone's tensors (%s), which keep their initialisation", len(left),
+                                   ", ".join(left[:5]))
                 logger.info("context backbone initialised from the loaded local backbone (%d tensors, "
                             "MODEL.CONTEXT.INIT_FROM_LOCAL)", len(copies))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
