@@ -15,7 +15,7 @@ from detectron2.structures import Boxes
 from voting_det import add_voting_config
 from voting_det.config import merge_config_file
 from voting_det.engine import Trainer
-from voting_det.engine.two_stage import split_schedule, stage_configs, train_two_stage
+from voting_det.engine.two_stage import split_schedule, stage_configs, train_two_stage, trained_config
 
 from .test_model import CONFIG_DIR, small_cfg
 
@@ -43,6 +43,24 @@ def test_stage_configs_chain_the_stages(tmp_path):
     assert stage2.MODEL.WEIGHTS == os.path.join(stage1.OUTPUT_DIR, "model_final.pth")
     assert stage1.DATASETS.TRAIN == stage2.DATASETS.TRAIN == ("nt_fold1_train",)
     assert stage1.MODEL.DEVICE == "cpu" or torch.cuda.is_available()
+
+
+def test_trained_config_predicts_with_the_stage_own_final_model(tmp_path):
+    """Stage 2's MODEL.WEIGHTS is stage 1's model (no context branch): inference
+    after training (make demo's drawings and explanations) must load stage 2's
+    own final model, which trained_config gives."""
+    configs = [os.path.join(CONFIG_DIR, f) for f in ("nt_lcf.yaml", "nt_voting.yaml")]
+    _, stage2 = stage_configs(*configs, str(tmp_path), ["SOLVER.MAX_ITER", "4", "MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    model = build_model(stage2)
+    with torch.no_grad():
+        model.fusion_logit.fill_(1.25)  # what stage 2 learned, in its own final model
+    os.makedirs(stage2.OUTPUT_DIR)
+    DetectionCheckpointer(model, save_dir=stage2.OUTPUT_DIR).save("model_final")
+    trained = trained_config(stage2)
+    assert trained.is_frozen() and stage2.MODEL.WEIGHTS != trained.MODEL.WEIGHTS
+    assert trained.MODEL.WEIGHTS == os.path.join(stage2.OUTPUT_DIR, "model_final.pth")
+    assert float(DefaultPredictor(trained).model.fusion_logit) == 1.25
 
 
 def test_resuming_into_a_folder_of_another_run_is_refused(tmp_path):

@@ -28,7 +28,7 @@ from detectron2.utils.visualizer import Visualizer
 import voting_det  # noqa: F401  (registers data sets and components)
 from voting_det.data.fetus_framework import convert_fetus_framework, format_report
 from voting_det.data.synthetic import generate_synthetic_nt
-from voting_det.engine.two_stage import stage_configs, train_two_stage
+from voting_det.engine.two_stage import stage_configs, train_two_stage, trained_config
 from voting_det.interpretation import Explainer
 from voting_det.interpretation.explain import common_root, explain_images, output_stem
 
@@ -143,11 +143,13 @@ def main():
     with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2, default=float)
 
+    # the trained Proposed (stage 2's MODEL.WEIGHTS is the stage-1 model it started from)
+    trained = trained_config(stage2)
     print("[demo] 5/6 predictions drawn on test images")
-    drawn = draw_predictions(stage2, os.path.join(args.output_dir, "predictions"))
+    drawn = draw_predictions(trained, os.path.join(args.output_dir, "predictions"))
 
     print("[demo] 6/6 explanations (trace-back panels) of test images")
-    explained = explain_predictions(stage2, os.path.join(args.output_dir, "explanations"))
+    explained = explain_predictions(trained, os.path.join(args.output_dir, "explanations"))
     print(f"[demo] done in {time.perf_counter() - start:.0f} s. Outputs:\n"
           f"  data        {args.datasets}/nt_synthetic (images, spreadsheet), {args.datasets}/nt (COCO folds)\n"
           f"  models      {stage1.OUTPUT_DIR}/model_final.pth, {stage2.OUTPUT_DIR}/model_final.pth\n"

@@ -62,6 +62,17 @@ def stage_configs(
     return cfgs[0], cfgs[1]
 
 
+def trained_config(cfg: CfgNode) -> CfgNode:
+    """A stage's frozen config with ``MODEL.WEIGHTS`` its own final model, for
+    inference after training (a stage's ``MODEL.WEIGHTS`` is what it started
+    from: stage 2's is stage 1's model, without the context branch)."""
+    out = cfg.clone()
+    out.defrost()
+    out.MODEL.WEIGHTS = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    out.freeze()
+    return out
+
+
 def _refuse_other_run(cfg: CfgNode) -> None:
     """Resuming into a folder that holds a run with another config would mix two
     runs (e.g. a smoke test's checkpoints taken for a full run's): refuse."""
