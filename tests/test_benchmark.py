@@ -1,13 +1,17 @@
 """The cross-validation runner: runs in subprocesses, resumes, refuses a folder
 of another config, tabulates, and refuses runs with different test settings."""
 import json
+import multiprocessing
 import os
+import signal
+import sys
+import time
 
 import pytest
 
 from voting_det.evaluation import SettingsMismatchError
 from voting_det.evaluation.benchmark import PROFILES, plan_runs, run_all, run_one
-from voting_det.evaluation import tables
+from voting_det.evaluation import benchmark, tables
 from voting_det.evaluation.tables import tabulate
 
 TINY = ["INPUT.MIN_SIZE_TRAIN", "(144,)", "INPUT.MIN_SIZE_TEST", "144"]
@@ -120,6 +124,35 @@ def test_longer_schedule_starts_from_the_lcf_rows_model(datasets_root, tmp_path,
     drift = (long_state[key] - lcf_state[key]).abs().max().item()
     scale = lcf_state[key].abs().max().item()
     assert drift < 0.05 * scale, (drift, scale)
+
+
+def test_a_killed_run_keeps_the_time_it_ran_for_the_manifest(tmp_path, monkeypatch):
+    # the runner itself killed mid-step (as when a machine's session ends): the
+    # seconds of that start are on disk, and the finished run's wall time adds
+    # them to the next start's (before, only a start that ended normally counted)
+    run = plan_runs(["ls"], [0], "smoke", str(tmp_path / "runs"), extra_opts=TINY)[0]
+    sleep = lambda seconds: [sys.executable, "-c", f"import time; time.sleep({seconds})"]
+    monkeypatch.setattr(benchmark, "HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setattr(benchmark.Run, "commands", lambda self, splits=(): [sleep(4.0), sleep(0.0)])
+    child = multiprocessing.get_context("fork").Process(target=run_one, args=(run,), kwargs={"log": lambda *_: None})
+    child.start()
+    starts_path = os.path.join(run.folder, "starts.json")
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        time.sleep(0.1)
+        if os.path.isfile(starts_path) and json.load(open(starts_path))[-1]["seconds"] >= 1.0:
+            break
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    killed = json.load(open(starts_path))
+    assert len(killed) == 1 and 1.0 <= killed[0]["seconds"] < 4.0 and not run.finished()
+
+    monkeypatch.setattr(benchmark.Run, "commands", lambda self, splits=(): [sleep(0.6), sleep(0.0)])
+    info = run_one(run, log=lambda *_: None)
+    starts = json.load(open(starts_path))
+    assert len(starts) == 2 and starts[0] == killed[0] and starts[1]["seconds"] >= 0.6
+    assert info["wall_seconds"] == pytest.approx(killed[0]["seconds"] + starts[1]["seconds"], abs=0.11)
+    assert json.load(open(run.done_file))["wall_seconds"] == info["wall_seconds"]
 
 
 def test_unknown_method_profile_or_fold_is_refused(tmp_path):

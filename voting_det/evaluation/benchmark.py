@@ -319,6 +319,20 @@ def _check_or_record_config(run: Run) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+HEARTBEAT_SECONDS = 30.0  # how often a running start's time is written to starts.json
+
+
+def run_wall_seconds(folder: str, starts: Sequence[dict]) -> float:
+    """A run's wall time over all its starts: the seconds recorded in
+    ``starts.json``, plus ``wall_seconds.json``, where runners before the
+    start-by-start record kept the time of interrupted starts (a start killed
+    without a chance to write it there, or before either record existed, is not
+    counted)."""
+    legacy = os.path.join(folder, "wall_seconds.json")
+    previous = json.load(open(legacy)).get("seconds", 0.0) if os.path.isfile(legacy) else 0.0
+    return round(previous + sum(s.get("seconds", 0.0) for s in starts), 1)
+
+
 def run_one(run: Run, log=print, val_only: bool = False) -> Optional[dict]:
     """Train (resuming), evaluate on val and test, write ``run.json``. With
     ``val_only`` (a tuning trial decided before its test split is seen): train
@@ -330,13 +344,21 @@ def run_one(run: Run, log=print, val_only: bool = False) -> Optional[dict]:
         raise RuntimeError(f"{run.name} starts from {first.name}'s final model, which has not finished "
                            f"({first.folder}): run {first.method.name} on this fold first")
     config_hash = _check_or_record_config(run)
-    # the code a run trained with: the commit at each (re)start, kept across interruptions
+    # the code a run trained with: the commit at each (re)start, kept across interruptions,
+    # and the seconds each start has run so far (rewritten while it runs, so a start
+    # that is killed, e.g. when the machine's session ends, keeps its time)
     starts_path = os.path.join(run.folder, "starts.json")
     starts = json.load(open(starts_path)) if os.path.isfile(starts_path) else []
-    starts.append({"commit": git_commit(repo_root()), "at": time.strftime("%Y-%m-%d %H:%M:%S")})
-    with open(starts_path, "w") as f:
-        json.dump(starts, f, indent=1)
+    starts.append({"commit": git_commit(repo_root()), "at": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": 0.0})
     start = time.time()
+
+    def record_time():
+        starts[-1]["seconds"] = round(time.time() - start, 1)
+        with open(starts_path + ".tmp", "w") as f:
+            json.dump(starts, f, indent=1)
+        os.replace(starts_path + ".tmp", starts_path)
+
+    record_time()
     log_path = os.path.join(run.folder, "log.txt")
     env = dict(os.environ)
     env.setdefault("PYTHONPATH", repo_root())
@@ -346,24 +368,32 @@ def run_one(run: Run, log=print, val_only: bool = False) -> Optional[dict]:
         with open(log_path, "a") as logf:
             logf.write(f"\n$ {' '.join(cmd)}\n")
             logf.flush()
-            proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=repo_root())
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=repo_root())
+            try:
+                while True:
+                    try:
+                        proc.wait(timeout=HEARTBEAT_SECONDS)
+                        break
+                    except subprocess.TimeoutExpired:
+                        record_time()
+            finally:
+                if proc.poll() is None:  # interrupted here (e.g. Ctrl-C): do not leave the step running
+                    proc.kill()
+                    proc.wait()
+                record_time()
         if proc.returncode != 0:
             raise RuntimeError(f"{run.name}: {step} failed (exit {proc.returncode}); see {log_path}")
     if val_only:
         log(f"    {run.name}: trained and evaluated on {run.split('val')} only ({run.eval_dir('val')}); the test "
             "split is not evaluated and the run is not finished: rerun without --val-only to finish it")
         return None
-    elapsed = time.time() - start
-    previous = 0.0
-    partial = os.path.join(run.folder, "wall_seconds.json")
-    if os.path.isfile(partial):
-        with open(partial) as f:
-            previous = json.load(f).get("seconds", 0.0)
+    record_time()
+    wall = run_wall_seconds(run.folder, starts)
     info = {
         "method": run.method.name, "fold": run.fold, "profile": run.profile.name, "dataset": run.dataset,
         "opts": run.opts(), "config_sha256_16": config_hash, "commit": starts[0]["commit"],
         "commits_at_starts": starts, "commit_at_evaluation": git_commit(repo_root()),
-        "machine": machine(run.device()), "wall_seconds": round(previous + elapsed, 1),
+        "machine": machine(run.device()), "wall_seconds": wall,
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "metrics": {split: os.path.relpath(os.path.join(run.eval_dir(split), "nt_metrics.json"), run.folder)
                     for split in ("val", "test")},
@@ -386,19 +416,9 @@ def run_all(runs: Sequence[Run], log=print, val_only: bool = False) -> List[dict
         log(f"[{i}/{len(todo)}] {run.name} ({run.profile.name}, {run.dataset}) -> {run.folder}; "
             f"ETA for the rest about {per * (len(todo) - i + 1) / 60:.0f} min")
         t = time.time()
-        try:
-            info = run_one(run, log, val_only=val_only)
-            if info is not None:
-                infos.append(info)
-        finally:
-            # keep the time spent on an interrupted run for its final wall time
-            os.makedirs(run.folder, exist_ok=True)
-            spent = time.time() - t
-            partial = os.path.join(run.folder, "wall_seconds.json")
-            if not run.finished():
-                old = json.load(open(partial)).get("seconds", 0.0) if os.path.isfile(partial) else 0.0
-                with open(partial, "w") as f:
-                    json.dump({"seconds": old + spent}, f)
+        info = run_one(run, log, val_only=val_only)
+        if info is not None:
+            infos.append(info)
         done_times.append(time.time() - t)
         log(f"    finished in {done_times[-1] / 60:.1f} min")
     return infos
