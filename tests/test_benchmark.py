@@ -75,6 +75,7 @@ def test_runner_trains_evaluates_resumes_and_tabulates(datasets_root, tmp_path, 
         assert (out / name).is_file()
     manifest = json.load(open(out / "manifest.json"))
     assert manifest["runs"][0]["config_sha256_16"] and manifest["profile"] == "smoke"
+    assert f"Machine: {manifest['runs'][0]['machine']}. Commits:" in text  # each distinct machine once
 
     # a run evaluated with other test settings cannot share the table
     path = os.path.join(run.eval_dir("test"), "nt_detections.json")
