@@ -387,8 +387,7 @@ def run_one(run: Run, log=print, val_only: bool = False) -> Optional[dict]:
         log(f"    {run.name}: trained and evaluated on {run.split('val')} only ({run.eval_dir('val')}); the test "
             "split is not evaluated and the run is not finished: rerun without --val-only to finish it")
         return None
-    record_time()
-    wall = run_wall_seconds(run.folder, starts)
+    wall = run_wall_seconds(run.folder, starts)  # each step's end already recorded
     info = {
         "method": run.method.name, "fold": run.fold, "profile": run.profile.name, "dataset": run.dataset,
         "opts": run.opts(), "config_sha256_16": config_hash, "commit": starts[0]["commit"],

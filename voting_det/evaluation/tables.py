@@ -35,11 +35,6 @@ COLUMNS = [
 PAIRED_KEYS = ("paper_auc", "paper_sen", "paper_spe", "top1_acc", "mean_iou", "lroc_auc")
 
 
-def _distinct(items):
-    """The items in first-seen order, each once."""
-    return list(dict.fromkeys(items))
-
-
 def _eval_results(run, split: str) -> dict:
     path = os.path.join(run.folder, "eval", "eval_results.json")
     if not os.path.isfile(path):
@@ -321,7 +316,7 @@ def tabulate(runs, out_dir: Optional[str] = None, command: str = "", num_bootstr
     manifest["total_wall_seconds"] = round(total, 1)
     lines += ["", f"Total wall time of these runs: {total / 3600:.2f} h. Per run (min): "
               + ", ".join(f"{r['method']}/fold{r['fold']} {r['wall_seconds'] / 60:.0f}" for r in manifest["runs"])
-              + ". Machine: " + "; ".join(_distinct(r["machine"] for r in manifest["runs"])) + ". Commits: "
+              + ". Machine: " + "; ".join(dict.fromkeys(r["machine"] for r in manifest["runs"])) + ". Commits: "
               + ", ".join(sorted({r["commit"][:7] + ("-dirty" if r["commit"].endswith("-dirty") else "") for r in manifest["runs"]})) + "."]
     text = "\n".join(lines) + "\n"
     print(text)
