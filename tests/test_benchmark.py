@@ -156,6 +156,18 @@ def test_a_killed_run_keeps_the_time_it_ran_for_the_manifest(tmp_path, monkeypat
     assert json.load(open(run.done_file))["wall_seconds"] == info["wall_seconds"]
 
 
+def test_a_copy_without_git_records_the_commit_it_was_given(tmp_path, monkeypatch):
+    # a working tree sent to another machine has no .git: the commit comes from the environment
+    monkeypatch.setenv("VOTING_DET_COMMIT", "0123abc")
+    assert benchmark.git_commit(str(tmp_path)) == "0123abc (copy)"
+    monkeypatch.delenv("VOTING_DET_COMMIT")
+    assert benchmark.git_commit(str(tmp_path)) == "unknown"
+    # a real checkout ignores the variable
+    monkeypatch.setenv("VOTING_DET_COMMIT", "0123abc")
+    here = benchmark.git_commit(benchmark.repo_root())
+    assert "(copy)" not in here and len(here.split("-")[0]) == 40
+
+
 def test_unknown_method_profile_or_fold_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown method"):
         plan_runs(["yolo"], [0], "cpu", str(tmp_path))

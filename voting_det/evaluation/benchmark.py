@@ -260,7 +260,12 @@ def plan_runs(methods: Sequence[str], folds: Sequence[int], profile: str, root: 
 
 
 def git_commit(root: str) -> str:
-    """HEAD of the repository at ``root``, with "-dirty" when tracked files differ from it."""
+    """HEAD of the repository at ``root``, with "-dirty" when tracked files differ from it.
+
+    A copy of the code without its ``.git`` (e.g. a working tree sent to another
+    machine) names its commit in ``$VOTING_DET_COMMIT``, recorded with "(copy)"."""
+    if not os.path.isdir(os.path.join(root, ".git")) and os.environ.get("VOTING_DET_COMMIT"):
+        return os.environ["VOTING_DET_COMMIT"] + " (copy)"
     try:
         out = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
