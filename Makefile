@@ -18,7 +18,7 @@ help:
 	@echo "make benchmark     Table 1 on the real data, cpu profile, 3 folds (hours; resumable: rerun to continue)"
 	@echo "make ablations     Tables 2 and 3 (K, O) on the real data, cpu profile, fold 0"
 	@echo "make benchmark-synthetic  Table 1 on the built-in synthetic set (make demo's: 240 images, seed 0)"
-	@echo "make tables        rewrite the committed tables from the finished runs (no training)"
+	@echo "make tables        rewrite the committed tables from the committed run records in benchmarks/results/runs (no training)"
 	@echo "make benchmark-speed  time every Table 1 model side by side (CPU, ~12 min; SPEED_DEVICE=cuda on a GPU)"
 
 setup:
@@ -45,6 +45,9 @@ BENCH_FOLDS   ?= 0 1 2
 BENCH_METHODS ?= table1
 BENCH_ROOT    ?= output/benchmark
 RESULTS       := benchmarks/results
+# every finished run's small files (metrics, detections, config, times; no weights), committed:
+# `make tables` rebuilds the tables from here alone
+ARCHIVE       := $(RESULTS)/runs
 
 $(DETECTRON2_DATASETS)/nt_real/all.json:
 	$(MAKE) convert-real
@@ -56,16 +59,17 @@ synthetic-data: setup
 	  $(PY) tools/convert_fetus_framework.py --root $(DETECTRON2_DATASETS)/nt_synthetic --out $(DETECTRON2_DATASETS)/nt; }
 
 benchmark: setup $(DETECTRON2_DATASETS)/nt_real/all.json
-	$(PY) tools/benchmark.py --profile cpu --folds $(BENCH_FOLDS) --methods $(BENCH_METHODS) --root $(BENCH_ROOT) --out $(RESULTS)/table1_cpu_real
+	$(PY) tools/benchmark.py --profile cpu --folds $(BENCH_FOLDS) --methods $(BENCH_METHODS) --root $(BENCH_ROOT) --archive $(ARCHIVE) --out $(RESULTS)/table1_cpu_real
 
 ablations: setup $(DETECTRON2_DATASETS)/nt_real/all.json
-	$(PY) tools/benchmark.py --profile cpu --folds 0 --methods ablations --root $(BENCH_ROOT) --out $(RESULTS)/ablations_cpu_real_fold0
+	$(PY) tools/benchmark.py --profile cpu --folds 0 --methods ablations --root $(BENCH_ROOT) --archive $(ARCHIVE) --out $(RESULTS)/ablations_cpu_real_fold0
 
 benchmark-synthetic: synthetic-data
-	$(PY) tools/benchmark.py --profile cpu-synthetic --folds $(BENCH_FOLDS) --methods $(BENCH_METHODS) --root $(BENCH_ROOT) --out $(RESULTS)/table1_cpu_synthetic
+	$(PY) tools/benchmark.py --profile cpu-synthetic --folds $(BENCH_FOLDS) --methods $(BENCH_METHODS) --root $(BENCH_ROOT) --archive $(ARCHIVE) --out $(RESULTS)/table1_cpu_synthetic
 
 tables: setup
-	$(PY) tools/benchmark.py --profile cpu --folds $(BENCH_FOLDS) --methods table1 --root $(BENCH_ROOT) --tabulate-only --out $(RESULTS)/table1_cpu_real
+	$(PY) tools/benchmark.py --profile cpu --folds $(BENCH_FOLDS) --methods table1 --root $(ARCHIVE) --tabulate-only --out $(RESULTS)/table1_cpu_real
+	$(PY) tools/benchmark.py --profile cpu --folds 0 --methods ablations --root $(ARCHIVE) --tabulate-only --out $(RESULTS)/ablations_cpu_real_fold0
 
 # Speed, memory, FLOPs of every Table 1 model, interleaved in one process (issue 6)
 SPEED_DEVICE ?= cpu

@@ -77,6 +77,31 @@ def test_runner_trains_evaluates_resumes_and_tabulates(datasets_root, tmp_path, 
     assert manifest["runs"][0]["config_sha256_16"] and manifest["profile"] == "smoke"
     assert f"Machine: {manifest['runs'][0]['machine']}. Commits:" in text  # each distinct machine once
 
+    # the archive (small files, detections gzipped, no weights) tabulates to the same table
+    archive = tmp_path / "archive"
+    dest = benchmark.archive_run(run, str(archive))
+    assert os.path.isfile(os.path.join(dest, "eval", "inference", "nt_fold0_test", "nt_detections.json.gz"))
+    assert not any(n.endswith(".pth") for _, _, names in os.walk(archive) for n in names)
+    archived = plan_runs(["ls"], [0], "smoke", str(archive), extra_opts=TINY)
+    assert tabulate(archived, out_dir=str(tmp_path / "tables2"), command="test", num_bootstrap=20) == text
+    assert benchmark.archive_run(run, str(archive)) == dest  # the same run again: fine
+    info = json.load(open(os.path.join(dest, "run.json")))
+    info["finished_at"] = "1999-01-01 00:00:00"
+    json.dump(info, open(os.path.join(dest, "run.json"), "w"))
+    with pytest.raises(ValueError, match="already archives another ls/fold0"):
+        benchmark.archive_run(run, str(archive))
+    # the command line archives the finished runs of its plan
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cli = subprocess.run([sys.executable, os.path.join(root, "tools", "benchmark.py"), "--profile", "smoke", "--folds", "0",
+                          "--methods", "ls", "--root", str(tmp_path / "runs"), "--archive", str(tmp_path / "archive2"),
+                          "--tabulate-only", "--calipers", "no", "--speed", "", *TINY],
+                         capture_output=True, text=True, cwd=root, env=dict(os.environ, PYTHONPATH=root))
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "archived 1 finished run(s)" in cli.stdout
+    assert os.path.isfile(tmp_path / "archive2" / "smoke" / "nt" / "ls" / "fold0" / "run.json")
+
     # a run evaluated with other test settings cannot share the table
     path = os.path.join(run.eval_dir("test"), "nt_detections.json")
     data = json.load(open(path))

@@ -3,9 +3,12 @@
 
     python tools/benchmark.py --profile cpu --folds 0 --methods table1-r18
     python tools/benchmark.py --profile cpu --folds 0 1 2 --methods table1
-    python tools/benchmark.py --profile cpu --tabulate-only --out benchmarks/results/table1_cpu_real
+    python tools/benchmark.py --profile cpu --tabulate-only --root benchmarks/results/runs --out benchmarks/results/table1_cpu_real
 
-Runs are resumable: rerun the same command after an interruption. Methods:
+Runs are resumable: rerun the same command after an interruption. With
+--archive DIR every finished run's small result files (metrics, detections,
+config, times; no weights) are copied into DIR, from which --tabulate-only
+--root DIR rebuilds the tables when the output folder is gone. Methods:
 names from voting_det.evaluation.benchmark.METHODS, or the groups table1,
 table1-r18 (Table 1 without the R50 rows), ablations (Tables 2 and 3), longer
 (LCF and Proposed's longer schedule, which starts from the LCF row's model).
@@ -15,7 +18,7 @@ import argparse
 import os
 import sys
 
-from voting_det.evaluation.benchmark import ABLATIONS, LONGER, METHODS, PROFILES, TABLE1, plan_runs, run_all
+from voting_det.evaluation.benchmark import ABLATIONS, LONGER, METHODS, PROFILES, TABLE1, archive_run, plan_runs, run_all
 
 GROUPS = {
     "table1": list(TABLE1),
@@ -34,6 +37,9 @@ def parse_args(argv=None):
     p.add_argument("--root", default="output/benchmark", help="folder of the runs")
     p.add_argument("--out", default=None, help="write the tables, plots and manifest here (default: only print)")
     p.add_argument("--tabulate-only", action="store_true", help="do not train: tabulate the finished runs")
+    p.add_argument("--archive", default=None,
+                   help="copy every finished run's small result files (no weights) into this folder, same layout "
+                        "(e.g. benchmarks/results/runs, committed): `--root` it to tabulate them again later")
     p.add_argument("--val-only", action="store_true",
                    help="train and evaluate on each fold's validation split only, print no tables, and leave the "
                         "runs unfinished (a tuning trial decided before its test split is seen); rerun without it "
@@ -75,6 +81,9 @@ def main(argv=None):
         return 2
     if not args.tabulate_only:
         run_all(runs, val_only=args.val_only)
+    if args.archive and os.path.abspath(args.archive) != os.path.abspath(args.root):
+        done = [archive_run(r, args.archive) for r in runs if r.finished()]
+        print(f"archived {len(done)} finished run(s) in {args.archive}")
     if args.val_only:
         print("validation evaluations: " + ", ".join(r.eval_dir("val") for r in runs) + " (test split not evaluated)")
         return 0

@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["LONGER", "METHODS", "PROFILES", "Method", "Run", "git_commit", "plan_runs", "run_all", "repo_root"]
+__all__ = ["LONGER", "METHODS", "PROFILES", "Method", "Run", "archive_run", "git_commit", "plan_runs", "run_all",
+           "repo_root"]
 
 NUM_FOLDS = 3
 
@@ -406,6 +407,54 @@ def run_one(run: Run, log=print, val_only: bool = False) -> Optional[dict]:
         json.dump(info, f, indent=1)
     os.replace(run.done_file + ".tmp", run.done_file)
     return info
+
+
+# A finished run's small files, kept in an archive of the same layout (the
+# detections gzipped): enough to tabulate it again without its weights.
+ARCHIVE_FILES = ("run.json", "run_config.yaml", "starts.json", "wall_seconds.json", "eval/eval_results.json")
+ARCHIVE_EVAL_FILES = ("nt_metrics.json", "nt_detections.json")
+
+
+def archive_run(run: Run, archive_root: str) -> str:
+    """Copy finished ``run``'s small result files into the same place below
+    ``archive_root`` (e.g. ``benchmarks/results/runs``, committed), so that its
+    tables can be rebuilt when the output folder is gone: ``run.json``, the
+    frozen config, the start times, ``eval_results.json`` and, per split,
+    ``nt_metrics.json`` and ``nt_detections.json.gz``. Returns the folder.
+    A folder already holding another run of the same (method, fold) is refused."""
+    import gzip
+    import shutil
+
+    if not run.finished():
+        raise ValueError(f"{run.name} has not finished ({run.folder}): only finished runs are archived")
+    dest = os.path.join(archive_root, os.path.relpath(run.folder, run.root))
+    old = os.path.join(dest, "run.json")
+    if os.path.isfile(old):
+        keys = ("config_sha256_16", "finished_at")
+        mine, theirs = json.load(open(run.done_file)), json.load(open(old))
+        if any(mine.get(k) != theirs.get(k) for k in keys):
+            raise ValueError(f"{dest} already archives another {run.name} (finished {theirs.get('finished_at')}, "
+                             f"config {theirs.get('config_sha256_16')}); move it away to archive this one")
+    for name in ARCHIVE_FILES:
+        src = os.path.join(run.folder, name)
+        if os.path.isfile(src):
+            os.makedirs(os.path.dirname(os.path.join(dest, name)), exist_ok=True)
+            shutil.copyfile(src, os.path.join(dest, name))
+    for split in ("val", "test"):
+        src_dir = run.eval_dir(split)
+        dst_dir = os.path.join(dest, os.path.relpath(src_dir, run.folder))
+        os.makedirs(dst_dir, exist_ok=True)
+        for name in ARCHIVE_EVAL_FILES:
+            src = os.path.join(src_dir, name)
+            if not os.path.isfile(src):
+                continue
+            if name.endswith("detections.json"):
+                # mtime 0: the same detections give the same bytes
+                with open(src, "rb") as f, gzip.GzipFile(os.path.join(dst_dir, name + ".gz"), "wb", mtime=0) as g:
+                    shutil.copyfileobj(f, g)
+            else:
+                shutil.copyfile(src, os.path.join(dst_dir, name))
+    return dest
 
 
 def run_all(runs: Sequence[Run], log=print, val_only: bool = False) -> List[dict]:

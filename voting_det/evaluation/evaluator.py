@@ -15,6 +15,7 @@ writes to its output folder:
 """
 import copy
 import csv
+import gzip
 import itertools
 import json
 import logging
@@ -219,8 +220,11 @@ def write_outputs(output_dir: str, dataset_name: str, records, result: dict) -> 
 
 
 def load_records(path: str):
-    """(dataset, settings, records) of an ``nt_detections.json`` file."""
-    with open(path) as f:
+    """(dataset, settings, records) of an ``nt_detections.json`` file (or of its
+    gzipped copy ``nt_detections.json.gz``, as a benchmark archive keeps it)."""
+    if not os.path.isfile(path) and os.path.isfile(path + ".gz"):
+        path += ".gz"
+    with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
         data = json.load(f)
     try:
         return data["dataset"], data["settings"], data["images"]
