@@ -9,7 +9,8 @@ fails (the per-branch / per-stage analysis of a Table 1 row).
         --out benchmarks/results/diagnostics/proposed_fold0.md
 
 Each argument is LABEL=FOLDER (split at the last "="), the folder holding NTEvaluator's
-``nt_detections.json``; the settings must be identical (refused otherwise).
+``nt_detections.json`` (or, in a benchmark archive, ``nt_detections.json.gz``); the
+settings must be identical (refused otherwise).
 FOLDER may list several folders separated by ":" (os.pathsep) to pool the
 images of several evaluations, e.g. the validation splits of two folds, each
 with its own fold's model: every argument must then pool the same images.
@@ -50,7 +51,7 @@ def main(argv=None):
         label, sep, folders = item.rpartition("=")
         parts = folders.split(os.pathsep)
         paths = [os.path.join(folder, DETECTIONS_FILE) for folder in parts]
-        missing = [p for p, folder in zip(paths, parts) if not folder or not os.path.isfile(p)]
+        missing = [p for p, folder in zip(paths, parts) if not folder or not (os.path.isfile(p) or os.path.isfile(p + ".gz"))]
         if not sep or missing:
             print(f"error: {item!r} is not LABEL=FOLDER[{os.pathsep}FOLDER...] with a {DETECTIONS_FILE} in each "
                   f"FOLDER (missing: {', '.join(missing) or 'the LABEL='})", file=sys.stderr)

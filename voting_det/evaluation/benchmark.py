@@ -98,8 +98,9 @@ PROFILES: Dict[str, Profile] = {
             + _schedule(600, (450,), 2, 50, 100),
             "the real set at native resolution (short edge 480, i.e. about 1:1 for its 640x450 to 680x495 "
             "images); 600 iterations of 2 images (about 3 epochs of a fold's 405 training images), LR x0.1 "
-            "at 450; Adam 1e-4 (Base-NT-Common). On a 2-core CPU one run takes about 20 min (LS) to 60 min "
-            "(FPN R18).",
+            "at 450; Adam 1e-4 (Base-NT-Common). Measured per run: on a 2-core CPU 24 to 54 min for the R18 "
+            "rows with both cores (FPN R18 to Proposed), up to 74 min with one thread beside another run, "
+            "an R50 row about 100 min by its iteration time; on one H200 shared by 11 runs, 2 to 5 min.",
             45.0,
         ),
         Profile(
