@@ -33,8 +33,9 @@ def test_runner_trains_evaluates_resumes_and_tabulates(datasets_root, tmp_path, 
     assert not os.path.exists(run.eval_dir("test"))
     assert any("not evaluated" in m for m in messages)
     weights_mtime = os.path.getmtime(run.final_weights())
-    # then finished: the test split evaluated, no training again
-    infos = run_all(runs, log=messages.append)
+    # then finished: the test split evaluated, no training again, archived at once
+    infos = run_all(runs, log=messages.append, archive=str(tmp_path / "archive0"))
+    assert os.path.isfile(tmp_path / "archive0" / "smoke" / "nt" / "ls" / "fold0" / "run.json")
     assert os.path.getmtime(run.final_weights()) == weights_mtime
     assert run.finished() and infos[0]["method"] == "ls" and infos[0]["wall_seconds"] > 0
     for split in ("val", "test"):
@@ -53,6 +54,14 @@ def test_runner_trains_evaluates_resumes_and_tabulates(datasets_root, tmp_path, 
     weights_mtime = os.path.getmtime(run.final_weights())
     run_one(run, log=lambda *_: None)
     assert run.finished() and os.path.getmtime(run.final_weights()) == weights_mtime
+    # final weights the checkpointer has not tagged (a process killed while writing them) are not "trained"
+    tag = os.path.join(os.path.dirname(run.final_weights()), "last_checkpoint")
+    assert benchmark.trained(run) and open(tag).read().strip() == "model_final.pth"
+    with open(tag, "w") as f:
+        f.write("model_0000002.pth")
+    assert not benchmark.trained(run)
+    with open(tag, "w") as f:
+        f.write("model_final.pth")
 
     # the same folder with another config is refused, nothing changed
     other = plan_runs(["ls"], [0], "smoke", str(tmp_path / "runs"), extra_opts=TINY + ["SOLVER.BASE_LR", "0.5"])[0]
@@ -90,14 +99,18 @@ def test_runner_trains_evaluates_resumes_and_tabulates(datasets_root, tmp_path, 
     json.dump(info, open(os.path.join(dest, "run.json"), "w"))
     with pytest.raises(ValueError, match="already archives another ls/fold0"):
         benchmark.archive_run(run, str(archive))
-    # the command line archives the finished runs of its plan
+    # ... and the command line refuses it before it would train anything
     import subprocess
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cli = subprocess.run([sys.executable, os.path.join(root, "tools", "benchmark.py"), "--profile", "smoke", "--folds", "0",
-                          "--methods", "ls", "--root", str(tmp_path / "runs"), "--archive", str(tmp_path / "archive2"),
-                          "--tabulate-only", "--calipers", "no", "--speed", "", *TINY],
-                         capture_output=True, text=True, cwd=root, env=dict(os.environ, PYTHONPATH=root))
+    bench = [sys.executable, os.path.join(root, "tools", "benchmark.py"), "--profile", "smoke", "--folds", "0",
+             "--methods", "ls", "--root", str(tmp_path / "runs"), "--calipers", "no", "--speed", ""]
+    env = dict(os.environ, PYTHONPATH=root)
+    refused = subprocess.run(bench + ["--archive", str(archive), *TINY], capture_output=True, text=True, cwd=root, env=env)
+    assert refused.returncode == 2 and "already archives another ls/fold0" in refused.stderr
+    # the command line archives the finished runs of its plan
+    cli = subprocess.run(bench + ["--archive", str(tmp_path / "archive2"), "--tabulate-only", *TINY],
+                         capture_output=True, text=True, cwd=root, env=env)
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert "archived 1 finished run(s)" in cli.stdout
     assert os.path.isfile(tmp_path / "archive2" / "smoke" / "nt" / "ls" / "fold0" / "run.json")
@@ -187,10 +200,24 @@ def test_a_copy_without_git_records_the_commit_it_was_given(tmp_path, monkeypatc
     assert benchmark.git_commit(str(tmp_path)) == "0123abc (copy)"
     monkeypatch.delenv("VOTING_DET_COMMIT")
     assert benchmark.git_commit(str(tmp_path)) == "unknown"
-    # a real checkout ignores the variable
+    # a git checkout ignores the variable
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    (repo / "a.txt").write_text("a")
+    subprocess.run(git + ["add", "a.txt"], check=True)
+    subprocess.run(git + ["commit", "-qm", "a"], check=True)
+    head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     monkeypatch.setenv("VOTING_DET_COMMIT", "0123abc")
-    here = benchmark.git_commit(benchmark.repo_root())
-    assert "(copy)" not in here and len(here.split("-")[0]) == 40
+    assert benchmark.git_commit(str(repo)) == head
+    (repo / "a.txt").write_text("b")
+    assert benchmark.git_commit(str(repo)) == head + "-dirty"
 
 
 def test_unknown_method_profile_or_fold_is_refused(tmp_path):

@@ -18,7 +18,8 @@ import argparse
 import os
 import sys
 
-from voting_det.evaluation.benchmark import ABLATIONS, LONGER, METHODS, PROFILES, TABLE1, archive_run, plan_runs, run_all
+from voting_det.evaluation.benchmark import (ABLATIONS, LONGER, METHODS, PROFILES, TABLE1, archive_conflict,
+                                              archive_run, plan_runs, run_all)
 
 GROUPS = {
     "table1": list(TABLE1),
@@ -79,10 +80,16 @@ def main(argv=None):
     if args.val_only and args.tabulate_only:
         print("error: --val-only trains; it cannot be combined with --tabulate-only", file=sys.stderr)
         return 2
+    # (an archive that is the runs' own folder, e.g. `make tables`, is left as it is)
+    archive = args.archive if args.archive and os.path.abspath(args.archive) != os.path.abspath(args.root) else None
+    conflicts = [c for c in (archive_conflict(r, archive) for r in runs) if c] if archive else []
+    if conflicts:  # found before any training, not after hours of it
+        print("error: " + "\n       ".join(conflicts), file=sys.stderr)
+        return 2
     if not args.tabulate_only:
-        run_all(runs, val_only=args.val_only)
-    if args.archive and os.path.abspath(args.archive) != os.path.abspath(args.root):
-        done = [archive_run(r, args.archive) for r in runs if r.finished()]
+        run_all(runs, val_only=args.val_only, archive=archive)
+    if archive:
+        done = [archive_run(r, archive) for r in runs if r.finished()]
         print(f"archived {len(done)} finished run(s) in {args.archive}")
     if args.val_only:
         print("validation evaluations: " + ", ".join(r.eval_dir("val") for r in runs) + " (test split not evaluated)")

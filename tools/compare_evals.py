@@ -53,7 +53,7 @@ def main(argv=None):
         paths = [os.path.join(folder, DETECTIONS_FILE) for folder in parts]
         missing = [p for p, folder in zip(paths, parts) if not folder or not (os.path.isfile(p) or os.path.isfile(p + ".gz"))]
         if not sep or missing:
-            print(f"error: {item!r} is not LABEL=FOLDER[{os.pathsep}FOLDER...] with a {DETECTIONS_FILE} in each "
+            print(f"error: {item!r} is not LABEL=FOLDER[{os.pathsep}FOLDER...] with a {DETECTIONS_FILE} (or {DETECTIONS_FILE}.gz) in each "
                   f"FOLDER (missing: {', '.join(missing) or 'the LABEL='})", file=sys.stderr)
             return 2
         pieces = [load_records(p) for p in paths]

@@ -8,13 +8,16 @@
 # Environment: PROFILE (cpu), DEVICE (cuda; overrides the profile's
 # MODEL.DEVICE, recorded in each run), ROOT (output/benchmark), PYTHON
 # (python3), QUEUES (which of the queues below, in the order to start them),
-# MAX_PARALLEL (9: queues running at a time), OMP_NUM_THREADS (1).
+# MAX_PARALLEL (9: queues running at a time), OMP_NUM_THREADS (1), and
+# VOTING_DET_COMMIT (the commit of a code copy without .git, recorded in each
+# run as "<commit> (copy)").
 # Every queue is `tools/benchmark.py` on its own (method, fold) list, so runs
 # resume from their checkpoints when the script is started again on the same
 # machine; no two queues share a run folder (Proposed's LCF stage is trained
 # inside its own run). The pack holds run.json, starts.json, run_config.yaml,
 # log.txt, the evaluations' JSON files and the training metrics, never weights.
 set -u
+set +m  # no job control: each `setsid` below then runs in the child itself, whose pid is the new group's id
 DEADLINE="${1:-540}"
 PACK="${2:-output/packs}"
 PROFILE="${PROFILE:-cpu}"
@@ -68,7 +71,11 @@ while :; do
   sleep 5
 done
 
-for q in $QUEUES; do echo "== $q: $(grep -c 'finished in' "$ROOT/queue_logs/$q.log") run(s) finished; last lines:"; tail -n 2 "$ROOT/queue_logs/$q.log"; done
+for q in $QUEUES; do
+  log="$ROOT/queue_logs/$q.log"
+  if [[ -f "$log" ]]; then echo "== $q: $(grep -c 'finished in' "$log") run(s) finished; last lines:"; tail -n 2 "$log"
+  else echo "== $q: not started"; fi
+done
 # the small files of every run (no weights, no event files): results, then logs
 (cd "$ROOT" && find . \( -name run.json -o -name starts.json -o -name wall_seconds.json -o -name run_config.yaml \
    -o -path '*/eval/*.json' \) -type f -print0 | tar --null -czf - -T -) > "$PACK/runs.tgz"

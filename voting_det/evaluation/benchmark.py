@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["LONGER", "METHODS", "PROFILES", "Method", "Run", "archive_run", "git_commit", "plan_runs", "run_all",
-           "repo_root"]
+__all__ = ["LONGER", "METHODS", "PROFILES", "Method", "Run", "archive_conflict", "archive_run", "git_commit",
+           "plan_runs", "run_all", "repo_root", "trained"]
 
 NUM_FOLDS = 3
 
@@ -266,7 +266,7 @@ def git_commit(root: str) -> str:
 
     A copy of the code without its ``.git`` (e.g. a working tree sent to another
     machine) names its commit in ``$VOTING_DET_COMMIT``, recorded with "(copy)"."""
-    if not os.path.isdir(os.path.join(root, ".git")) and os.environ.get("VOTING_DET_COMMIT"):
+    if not os.path.exists(os.path.join(root, ".git")) and os.environ.get("VOTING_DET_COMMIT"):
         return os.environ["VOTING_DET_COMMIT"] + " (copy)"
     try:
         out = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
@@ -340,6 +340,19 @@ def run_wall_seconds(folder: str, starts: Sequence[dict]) -> float:
     return round(previous + sum(s.get("seconds", 0.0) for s in starts), 1)
 
 
+def trained(run: Run) -> bool:
+    """Whether ``run``'s training has finished: its final weights exist and
+    detectron2's checkpointer has tagged them (``last_checkpoint``), which it
+    does after writing them, so a process killed while writing them does not
+    count as trained."""
+    weights = run.final_weights()
+    tag = os.path.join(os.path.dirname(weights), "last_checkpoint")
+    if not (os.path.isfile(weights) and os.path.isfile(tag)):
+        return False
+    with open(tag) as f:
+        return f.read().strip() == os.path.basename(weights)
+
+
 def run_one(run: Run, log=print, val_only: bool = False) -> Optional[dict]:
     """Train (resuming), evaluate on val and test, write ``run.json``. With
     ``val_only`` (a tuning trial decided before its test split is seen): train
@@ -370,7 +383,7 @@ def run_one(run: Run, log=print, val_only: bool = False) -> Optional[dict]:
     env = dict(os.environ)
     env.setdefault("PYTHONPATH", repo_root())
     for step, cmd in zip(("train", "evaluate"), run.commands(("val",) if val_only else ("val", "test"))):
-        if step == "train" and os.path.isfile(run.final_weights()):
+        if step == "train" and trained(run):
             continue
         with open(log_path, "a") as logf:
             logf.write(f"\n$ {' '.join(cmd)}\n")
@@ -416,29 +429,47 @@ ARCHIVE_FILES = ("run.json", "run_config.yaml", "starts.json", "wall_seconds.jso
 ARCHIVE_EVAL_FILES = ("nt_metrics.json", "nt_detections.json")
 
 
+def archive_conflict(run: Run, archive_root: str) -> Optional[str]:
+    """Why ``run`` cannot be archived below ``archive_root`` (another run of
+    the same method and fold is there), or None."""
+    old = os.path.join(archive_root, os.path.relpath(run.folder, run.root), "run.json")
+    if not (os.path.isfile(old) and os.path.isfile(run.done_file)):
+        return None
+    mine, theirs = json.load(open(run.done_file)), json.load(open(old))
+    if any(mine.get(k) != theirs.get(k) for k in ("config_sha256_16", "finished_at")):
+        return (f"{os.path.dirname(old)} already archives another {run.name} (finished {theirs.get('finished_at')}, "
+                f"config {theirs.get('config_sha256_16')}); move it away to archive this one")
+    return None
+
+
 def archive_run(run: Run, archive_root: str) -> str:
     """Copy finished ``run``'s small result files into the same place below
     ``archive_root`` (e.g. ``benchmarks/results/runs``, committed), so that its
-    tables can be rebuilt when the output folder is gone: ``run.json``, the
-    frozen config, the start times, ``eval_results.json`` and, per split,
-    ``nt_metrics.json`` and ``nt_detections.json.gz``. Returns the folder.
-    A folder already holding another run of the same (method, fold) is refused."""
+    tables can be rebuilt when the output folder is gone: the frozen config,
+    the start times, ``eval_results.json``, per split ``nt_metrics.json`` and
+    ``nt_detections.json.gz``, and ``run.json`` last (an interrupted copy is
+    not a finished run there). Returns the folder. A folder already holding
+    another run of the same (method, fold) is refused; the run's own folder
+    (an archive that is the runs' root) is left as it is."""
     import gzip
     import shutil
 
     if not run.finished():
         raise ValueError(f"{run.name} has not finished ({run.folder}): only finished runs are archived")
     dest = os.path.join(archive_root, os.path.relpath(run.folder, run.root))
-    old = os.path.join(dest, "run.json")
-    if os.path.isfile(old):
-        keys = ("config_sha256_16", "finished_at")
-        mine, theirs = json.load(open(run.done_file)), json.load(open(old))
-        if any(mine.get(k) != theirs.get(k) for k in keys):
-            raise ValueError(f"{dest} already archives another {run.name} (finished {theirs.get('finished_at')}, "
-                             f"config {theirs.get('config_sha256_16')}); move it away to archive this one")
+    if os.path.isdir(dest) and os.path.samefile(dest, run.folder):
+        return dest
+    conflict = archive_conflict(run, archive_root)
+    if conflict:
+        raise ValueError(conflict)
+    detections = [os.path.join(run.eval_dir(split), "nt_detections.json") for split in ("val", "test")]
+    missing = [p for p in detections if not os.path.isfile(p)]
+    if missing:
+        raise ValueError(f"{run.name} is marked finished but lacks {missing}: evaluate it again "
+                         f"(remove {run.done_file} and rerun the benchmark command)")
     for name in ARCHIVE_FILES:
         src = os.path.join(run.folder, name)
-        if os.path.isfile(src):
+        if name != "run.json" and os.path.isfile(src):
             os.makedirs(os.path.dirname(os.path.join(dest, name)), exist_ok=True)
             shutil.copyfile(src, os.path.join(dest, name))
     for split in ("val", "test"):
@@ -455,12 +486,14 @@ def archive_run(run: Run, archive_root: str) -> str:
                     shutil.copyfileobj(f, g)
             else:
                 shutil.copyfile(src, os.path.join(dst_dir, name))
+    shutil.copyfile(run.done_file, os.path.join(dest, "run.json"))
     return dest
 
 
-def run_all(runs: Sequence[Run], log=print, val_only: bool = False) -> List[dict]:
+def run_all(runs: Sequence[Run], log=print, val_only: bool = False, archive: Optional[str] = None) -> List[dict]:
     """Run every unfinished run in order, printing progress and an ETA
-    (``val_only``: see :func:`run_one`)."""
+    (``val_only``: see :func:`run_one`); with ``archive``, each run is
+    archived (:func:`archive_run`) as soon as it finishes."""
     done_times = []
     infos = []
     todo = [r for r in runs if not r.finished()]
@@ -473,6 +506,8 @@ def run_all(runs: Sequence[Run], log=print, val_only: bool = False) -> List[dict
         info = run_one(run, log, val_only=val_only)
         if info is not None:
             infos.append(info)
+            if archive:
+                log(f"    archived in {archive_run(run, archive)}")
         done_times.append(time.time() - t)
         log(f"    finished in {done_times[-1] / 60:.1f} min")
     return infos

@@ -193,6 +193,12 @@ def cost_lines(names_labels, profile, speed_json: Optional[str]) -> List[str]:
     return lines
 
 
+def _short_commit(commit: str) -> str:
+    """``git_commit``'s record shortened, its marks kept: "0c4e571", "0c4e571-dirty", "0c4e571 (copy)"."""
+    marks = "".join(m for m in ("-dirty", " (copy)") if m in commit)
+    return commit.split(" ")[0].split("-")[0][:7] + marks
+
+
 def tabulate(runs, out_dir: Optional[str] = None, command: str = "", num_bootstrap: int = 1000,
              calipers: bool = True, speed_json: Optional[str] = None) -> Optional[str]:
     """Print (and with ``out_dir`` write) the tables of the finished ``runs``:
@@ -317,7 +323,7 @@ def tabulate(runs, out_dir: Optional[str] = None, command: str = "", num_bootstr
     lines += ["", f"Total wall time of these runs: {total / 3600:.2f} h. Per run (min): "
               + ", ".join(f"{r['method']}/fold{r['fold']} {r['wall_seconds'] / 60:.0f}" for r in manifest["runs"])
               + ". Machine: " + "; ".join(dict.fromkeys(r["machine"] for r in manifest["runs"])) + ". Commits: "
-              + ", ".join(sorted({r["commit"][:7] + ("-dirty" if r["commit"].endswith("-dirty") else "") for r in manifest["runs"]})) + "."]
+              + ", ".join(sorted({_short_commit(r["commit"]) for r in manifest["runs"]})) + "."]
     text = "\n".join(lines) + "\n"
     print(text)
     if out_dir:
