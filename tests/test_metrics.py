@@ -318,6 +318,15 @@ def test_compare_evals_tool_pairs_images_and_refuses_other_images(tmp_path, caps
     assert "| 50.0 [" in row and "| -50.0 [" in row  # top-1 accuracy and its paired difference to A
     assert tool.main([f"A={tmp_path / 'a'}", f"C={tmp_path / 'c'}"]) == 2
     assert "other images" in capsys.readouterr().err
+    # a benchmark archive's gzipped copy reads the same
+    import gzip
+
+    (tmp_path / "bz").mkdir()
+    with gzip.open(tmp_path / "bz" / "nt_detections.json.gz", "wt") as f:
+        f.write((tmp_path / "b" / "nt_detections.json").read_text())
+    out_gz = tmp_path / "cmp_gz.md"
+    assert tool.main([f"A={tmp_path / 'a'}", f"B={tmp_path / 'bz'}", "--num-bootstrap", "50", "--out", str(out_gz)]) == 0
+    assert out_gz.read_text().replace("bz", "b") == text.replace(str(out), str(out_gz))
 
 
 def test_align_records_reorders_to_the_reference_and_names_missing_images():
