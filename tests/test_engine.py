@@ -73,6 +73,51 @@ def test_resuming_into_a_folder_of_another_run_is_refused(tmp_path):
         train_two_stage(stage1, stage2, resume=True)
 
 
+def test_a_stage_counts_as_trained_only_when_its_final_weights_are_tagged(tmp_path, monkeypatch):
+    """A stage whose model_final.pth exists but which detectron2's checkpointer
+    has not tagged in last_checkpoint (a process killed while writing the final
+    weights) is resumed and trained to the end, not taken as finished; a tagged
+    one is loaded and only evaluated."""
+    from voting_det.engine import two_stage
+
+    calls = []
+
+    class FakeTrainer:
+        def __init__(self, cfg):
+            self.cfg, self.model = cfg, object()
+            self.checkpointer = self
+            self._last_eval_results = {"trained": os.path.basename(cfg.OUTPUT_DIR)}
+
+        def load(self, path):
+            calls.append(("load", os.path.basename(self.cfg.OUTPUT_DIR), os.path.basename(path)))
+
+        def resume_or_load(self, resume):
+            calls.append(("resume", os.path.basename(self.cfg.OUTPUT_DIR), resume))
+
+        def train(self):
+            calls.append(("train", os.path.basename(self.cfg.OUTPUT_DIR)))
+
+        @staticmethod
+        def test(cfg, model):
+            return {"evaluated": os.path.basename(cfg.OUTPUT_DIR)}
+
+    monkeypatch.setattr(two_stage, "Trainer", FakeTrainer)
+    configs = [os.path.join(CONFIG_DIR, f) for f in ("nt_lcf.yaml", "nt_voting.yaml")]
+    stage1, stage2 = stage_configs(*configs, str(tmp_path), ["SOLVER.MAX_ITER", "40", "MODEL.DEVICE", "cpu"])
+    for cfg, tag in ((stage1, "model_0000019.pth"), (stage2, "model_final.pth")):
+        os.makedirs(cfg.OUTPUT_DIR)
+        with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+            f.write(cfg.dump())
+        open(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), "wb").close()
+        with open(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"), "w") as f:
+            f.write(tag)
+    results = train_two_stage(stage1, stage2, resume=True)
+    # stage 1's final weights are untagged: resumed from its last checkpoint and trained; stage 2's are tagged
+    assert calls == [("resume", "stage1_lcf", True), ("train", "stage1_lcf"),
+                     ("load", "stage2_voting", "model_final.pth")]
+    assert results == {"stage1_lcf": {"trained": "stage1_lcf"}, "stage2_voting": {"evaluated": "stage2_voting"}}
+
+
 def test_default_predictor_on_a_saved_checkpoint_any_size(tmp_path):
     torch.manual_seed(0)
     cfg = small_cfg()

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 
 import yaml
 
-__all__ = ["config_differences", "holds_a_run", "refuse_different_config", "refuse_other_run"]
+__all__ = ["config_differences", "final_weights_written", "holds_a_run", "refuse_different_config", "refuse_other_run"]
 
 
 def _flatten(d, prefix="") -> Dict[str, object]:
@@ -47,6 +47,18 @@ def holds_a_run(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, "last_checkpoint")) or any(
         f.startswith("model_") and f.endswith(".pth") for f in os.listdir(folder)
     )
+
+
+def final_weights_written(folder: str, name: str = "model_final.pth") -> bool:
+    """Whether ``folder`` holds a finished training: its final weights exist and
+    detectron2's checkpointer has tagged them in ``last_checkpoint``, which it
+    writes after the weights, so weights from a process killed while writing
+    them do not count (training then resumes from the last tagged checkpoint)."""
+    weights, tag = os.path.join(folder, name), os.path.join(folder, "last_checkpoint")
+    if not (os.path.isfile(weights) and os.path.isfile(tag)):
+        return False
+    with open(tag) as f:
+        return f.read().strip() == name
 
 
 def refuse_different_config(saved_text: str, current_text: str, where: str, what: Optional[str] = None) -> None:

@@ -11,7 +11,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
 from ..config import add_voting_config, merge_config_file, resolve_device
-from .run_folder import refuse_other_run
+from .run_folder import final_weights_written, refuse_other_run
 from .trainer import Trainer
 
 __all__ = ["split_schedule", "stage_configs", "train_two_stage"]
@@ -84,7 +84,9 @@ def train_two_stage(stage1: CfgNode, stage2: CfgNode, resume: bool = True) -> Di
     """Train both stages, then evaluate each on its test sets; returns the test
     results. With ``resume``, a finished stage is not trained again and an
     unfinished one continues from its last checkpoint, provided the stage's
-    folder holds a run of the same config (else :func:`_refuse_other_run` raises)."""
+    folder holds a run of the same config (else :func:`_refuse_other_run` raises).
+    A stage is finished when the checkpointer has tagged its final weights
+    (:func:`final_weights_written`), not merely when the file exists."""
     results = {}
     for name, cfg in (("stage1_lcf", stage1), ("stage2_voting", stage2)):
         final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
@@ -97,7 +99,7 @@ def train_two_stage(stage1: CfgNode, stage2: CfgNode, resume: bool = True) -> Di
         # initialisation, the data order and the random draws follow cfg.SEED
         seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + comm.get_rank())
         trainer = Trainer(cfg)
-        if resume and os.path.isfile(final):
+        if resume and final_weights_written(cfg.OUTPUT_DIR):
             logger.info("%s: %s exists, not training it again", name, final)
             trainer.checkpointer.load(final)
             results[name] = Trainer.test(cfg, trainer.model)

@@ -345,12 +345,10 @@ def trained(run: Run) -> bool:
     detectron2's checkpointer has tagged them (``last_checkpoint``), which it
     does after writing them, so a process killed while writing them does not
     count as trained."""
+    from ..engine.run_folder import final_weights_written
+
     weights = run.final_weights()
-    tag = os.path.join(os.path.dirname(weights), "last_checkpoint")
-    if not (os.path.isfile(weights) and os.path.isfile(tag)):
-        return False
-    with open(tag) as f:
-        return f.read().strip() == os.path.basename(weights)
+    return final_weights_written(os.path.dirname(weights), os.path.basename(weights))
 
 
 def run_one(run: Run, log=print, val_only: bool = False) -> Optional[dict]:
