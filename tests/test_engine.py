@@ -75,8 +75,8 @@ def test_resuming_into_a_folder_of_another_run_is_refused(tmp_path):
 
 def test_a_stage_counts_as_trained_only_when_its_final_weights_are_tagged(tmp_path, monkeypatch):
     """A stage whose model_final.pth exists but which detectron2's checkpointer
-    has not tagged in last_checkpoint (a process killed while writing the final
-    weights) is resumed and trained to the end, not taken as finished; a tagged
+    has not tagged in last_checkpoint (a process killed between writing the
+    final weights and their tag) is resumed and trained to the end, not taken as finished; a tagged
     one is loaded and only evaluated."""
     from voting_det.engine import two_stage
 

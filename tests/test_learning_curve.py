@@ -66,11 +66,20 @@ def test_each_checkpoint_evaluated_on_the_fold_split_as_the_trainer_does(tiny_da
     assert int(rows[-1]["num_images"]) == trainer_eval["num_images"]
     assert (out / "learning_curve.png").stat().st_size > 0 and "| LS tiny |" in (out / "learning_curve.md").read_text()
 
-    cached = out / "evals" / "LS_tiny" / "model_final" / "nt_metrics.json"
+    cached = out / "evals" / "LS_tiny" / "nt_fold0_val" / "model_final" / "nt_metrics.json"
     mtime = cached.stat().st_mtime_ns
     _finish(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     assert cached.stat().st_mtime_ns == mtime
     assert list(csv.DictReader(open(out / "learning_curve.csv"))) == rows
+
+    # another split into the same folder is evaluated, not read from the validation split's cache
+    _finish(subprocess.Popen(cmd[:2] + ["--split", "test"] + cmd[2:], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True))
+    tested = list(csv.DictReader(open(out / "learning_curve.csv")))
+    assert [r["dataset"] for r in tested] == ["nt_fold0_test"] * 2
+    test_metrics = json.load(open(out / "evals" / "LS_tiny" / "nt_fold0_test" / "model_final" / "nt_metrics.json"))
+    assert test_metrics["dataset"] == "nt_fold0_test"
+    assert int(tested[-1]["num_images"]) == test_metrics["metrics"]["num_images"]
 
 
 def test_a_run_not_trained_on_a_fold_needs_dataset(tmp_path):

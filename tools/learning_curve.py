@@ -14,7 +14,7 @@ Each argument is LABEL=TRAIN_DIR, a detectron2 output folder holding the run's
 Proposed, give its ``stage1_lcf`` and ``stage2_voting`` folders as two rows).
 The split's set is the config's ``DATASETS.TRAIN[0]`` with ``_train`` replaced
 by ``_<split>`` (``--dataset`` overrides it). Each checkpoint's evaluation is
-kept under ``OUT/evals/`` (NTEvaluator's files), so a rerun evaluates only
+kept under ``OUT/evals/LABEL/SET/CHECKPOINT/`` (NTEvaluator's files), so a rerun evaluates only
 what is missing; ``OUT/learning_curve.md``, ``.csv`` and ``.png`` are
 rewritten from them. Checkpoints are never modified.
 """
@@ -111,14 +111,14 @@ def evaluate(cfg, weights: str, dataset: str, out_dir: str) -> dict:
     if os.path.isfile(cached):
         with open(cached) as f:
             return json.load(f)
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.evaluation import inference_on_dataset
 
     from voting_det.engine import Trainer
+    from voting_det.engine.checkpoint import SafeCheckpointer
     from voting_det.evaluation import NTEvaluator, test_settings
 
     model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model).load(weights)
+    SafeCheckpointer(model).load(weights)  # refuses weights of another shape instead of skipping them
     model.eval()
     evaluator = NTEvaluator(dataset, settings=test_settings(cfg, top_n=cfg.TEST.NT_EVAL.TOP_N), output_dir=out_dir,
                             distributed=False, top_n=cfg.TEST.NT_EVAL.TOP_N,
@@ -144,7 +144,7 @@ def main(argv=None):
         if not found:
             raise SystemExit(f"{train_dir}: no model_*.pth checkpoints")
         for it, weights in found:
-            out_dir = os.path.join(args.out, "evals", _slug(label), os.path.basename(weights)[: -len(".pth")])
+            out_dir = os.path.join(args.out, "evals", _slug(label), dataset, os.path.basename(weights)[: -len(".pth")])
             res = evaluate(cfg, weights, dataset, out_dir)
             m, ci = res["metrics"], res.get("ci95", {})
             rows.append({

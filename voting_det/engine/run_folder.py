@@ -52,8 +52,9 @@ def holds_a_run(folder: str) -> bool:
 def final_weights_written(folder: str, name: str = "model_final.pth") -> bool:
     """Whether ``folder`` holds a finished training: its final weights exist and
     detectron2's checkpointer has tagged them in ``last_checkpoint``, which it
-    writes after the weights, so weights from a process killed while writing
-    them do not count (training then resumes from the last tagged checkpoint)."""
+    writes after the weights, so final weights from a process killed between
+    the two writes do not count (training then resumes from the last tagged
+    checkpoint)."""
     weights, tag = os.path.join(folder, name), os.path.join(folder, "last_checkpoint")
     if not (os.path.isfile(weights) and os.path.isfile(tag)):
         return False
