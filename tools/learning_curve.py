@@ -115,15 +115,12 @@ def evaluate(cfg, weights: str, dataset: str, out_dir: str) -> dict:
 
     from voting_det.engine import Trainer
     from voting_det.engine.checkpoint import SafeCheckpointer
-    from voting_det.evaluation import NTEvaluator, test_settings
+    from voting_det.engine.trainer import build_nt_metrics_evaluator
 
     model = Trainer.build_model(cfg)
     SafeCheckpointer(model).load(weights)  # refuses weights of another shape instead of skipping them
     model.eval()
-    evaluator = NTEvaluator(dataset, settings=test_settings(cfg, top_n=cfg.TEST.NT_EVAL.TOP_N), output_dir=out_dir,
-                            distributed=False, top_n=cfg.TEST.NT_EVAL.TOP_N,
-                            lroc_threshold=cfg.TEST.NT_EVAL.LROC_THRESHOLD,
-                            num_bootstrap=cfg.TEST.NT_EVAL.NUM_BOOTSTRAP)
+    evaluator = build_nt_metrics_evaluator(cfg, dataset, out_dir, distributed=False)
     inference_on_dataset(model, Trainer.build_test_loader(cfg, dataset), evaluator)
     with open(cached) as f:
         return json.load(f)

@@ -62,16 +62,21 @@ def build_nt_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvalua
         output_dir=output_dir,
         use_fast_impl=detectron2_has_compiled_ops(),
     )
-    nt = NTEvaluator(
+    return DatasetEvaluators([coco, build_nt_metrics_evaluator(cfg, dataset_name, output_dir)])
+
+
+def build_nt_metrics_evaluator(cfg, dataset_name: str, output_dir: str, distributed: bool = True) -> NTEvaluator:
+    """The NT metrics alone (:class:`NTEvaluator`) with ``cfg``'s test settings
+    and ``TEST.NT_EVAL`` keys."""
+    return NTEvaluator(
         dataset_name,
         settings=test_settings(cfg, top_n=cfg.TEST.NT_EVAL.TOP_N),
         output_dir=output_dir,
-        distributed=True,
+        distributed=distributed,
         top_n=cfg.TEST.NT_EVAL.TOP_N,
         lroc_threshold=cfg.TEST.NT_EVAL.LROC_THRESHOLD,
         num_bootstrap=cfg.TEST.NT_EVAL.NUM_BOOTSTRAP,
     )
-    return DatasetEvaluators([coco, nt])
 
 
 @contextlib.contextmanager
