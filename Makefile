@@ -70,6 +70,7 @@ benchmark-synthetic: synthetic-data
 tables: setup
 	$(PY) tools/benchmark.py --profile cpu --folds $(BENCH_FOLDS) --methods table1 --root $(ARCHIVE) --tabulate-only --out $(RESULTS)/table1_cpu_real
 	$(PY) tools/benchmark.py --profile cpu --folds 0 --methods ablations --root $(ARCHIVE) --tabulate-only --out $(RESULTS)/ablations_cpu_real_fold0
+	$(PY) tools/benchmark.py --profile cpu-synthetic --folds $(BENCH_FOLDS) --methods table1 --root $(ARCHIVE) --tabulate-only --out $(RESULTS)/table1_cpu_synthetic
 
 # Speed, memory, FLOPs of every Table 1 model, interleaved in one process (issue 6)
 SPEED_DEVICE ?= cpu
