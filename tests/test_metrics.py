@@ -375,3 +375,35 @@ def test_compare_evals_pools_folders_of_different_images(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
     assert tool.main([f"A={d('a1', 'other')}", f"B={d('b1', 'b2')}"]) == 2
     assert "match_iou" in capsys.readouterr().err
+
+
+def test_compare_evals_per_folder_ids_pairs_overlapping_splits_folder_by_folder(tmp_path, capsys):
+    """Validation splits of different folds overlap: image 2 is in both folds'
+    splits, evaluated by each fold's own model. Refused by default; with
+    --per-folder-ids it counts once per folder, paired with the same folder
+    position of the other argument (hand count: A 3 of 4, B 1 of 4)."""
+    tool = _compare_evals_tool()
+    gt = [[100, 100, 300, 140]]
+    settings = {"match_iou": 0.5, "paper_top_n": 10}
+    hit = lambda i: rec(gt, [([100, 100, 300, 140], 0.9)], i)  # noqa: E731
+    miss = lambda i: rec(gt, [([500, 500, 600, 540], 0.9)], i)  # noqa: E731
+    folders = {"a_f1": [hit(1), hit(2)], "a_f2": [miss(2), hit(3)],
+               "b_f1": [miss(1), hit(2)], "b_f2": [miss(2), miss(3)]}
+    for name, records in folders.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "nt_detections.json").write_text(json.dumps({"dataset": name, "settings": settings, "images": records}))
+    d = lambda *names: os.pathsep.join(str(tmp_path / n) for n in names)  # noqa: E731
+    args = [f"A={d('a_f1', 'a_f2')}", f"B={d('b_f1', 'b_f2')}", "--num-bootstrap", "50"]
+    assert tool.main(args) == 2
+    assert "--per-folder-ids" in capsys.readouterr().err
+    out = tmp_path / "per_folder.md"
+    assert tool.main(args + ["--per-folder-ids", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# 4 images (image ids counted once per pooled folder")
+    assert "| 75.0 [" in next(line for line in text.splitlines() if line.startswith("| A |"))
+    row = next(line for line in text.splitlines() if line.startswith("| B |"))
+    # image 2 of fold 2 is a miss for both, image 2 of fold 1 a hit for both: pairing by folder, not by id
+    assert "| 25.0 [" in row and "| -50.0 [" in row
+    # folders listed in another order pair fold 1's images with fold 2's: refused, as other images
+    assert tool.main([f"A={d('a_f1', 'a_f2')}", f"B={d('b_f2', 'b_f1')}", "--per-folder-ids"]) == 2
+    assert "other images" in capsys.readouterr().err

@@ -14,6 +14,9 @@ settings must be identical (refused otherwise).
 FOLDER may list several folders separated by ":" (os.pathsep) to pool the
 images of several evaluations, e.g. the validation splits of two folds, each
 with its own fold's model: every argument must then pool the same images.
+With --per-folder-ids an image in two pooled folders counts once per folder
+(overlapping validation splits of different folds, each evaluated by its own
+fold's model); every argument must then list its folders in the same order.
 """
 import argparse
 import os
@@ -36,6 +39,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("evals", nargs="+", help="LABEL=FOLDER with nt_detections.json; the first is the reference")
     p.add_argument("--num-bootstrap", type=int, default=1000)
+    p.add_argument("--per-folder-ids", action="store_true",
+                   help="pooled folders are evaluations by different models (e.g. each fold's own validation split): "
+                        "an image id counts once per folder, paired with the same-position folder of every argument")
     p.add_argument("--out", help="write the Markdown here as well")
     return p.parse_args(argv)
 
@@ -63,15 +69,18 @@ def main(argv=None):
             print(f"error: {label!r}: {e}", file=sys.stderr)
             return 2
         records, where = [], {}
-        for path, (_, _, rs) in zip(paths, pieces):
+        for k, (path, (_, _, rs)) in enumerate(zip(paths, pieces)):
             for r in rs:
+                if args.per_folder_ids:
+                    r = dict(r, image_id=f"{k}:{r['image_id']}")
                 where.setdefault(str(r["image_id"]), []).append(path)
                 records.append(r)
         twice = {i: ps for i, ps in where.items() if len(ps) > 1}
         if twice:
             shown = "; ".join(f"{i} in {', '.join(ps)}" for i, ps in sorted(twice.items())[:5])
             print(f"error: {label!r} pools {len(twice)} image id(s) more than once ({shown}): pool evaluations "
-                  "of different images", file=sys.stderr)
+                  "of different images, or pass --per-folder-ids if each folder is another model's evaluation "
+                  "(e.g. overlapping validation splits of different folds)", file=sys.stderr)
             return 2
         loaded.append((label, folders, settings, sorted(records, key=lambda r: str(r["image_id"]))))
     common = check_same_settings({label: settings for label, _, settings, _ in loaded})
@@ -83,7 +92,8 @@ def main(argv=None):
             print(f"error: {label!r} was evaluated on other images than {loaded[0][0]!r}: {e}", file=sys.stderr)
             return 2
     stats = [M.analyse(r, iou=common["match_iou"], top_n=common["paper_top_n"]) for _, _, _, r in loaded]
-    lines = [f"# {len(ids)} images, settings: " + ", ".join(f"`{k}={v}`" for k, v in common.items()), "",
+    per_folder = " (image ids counted once per pooled folder: --per-folder-ids)" if args.per_folder_ids else ""
+    lines = [f"# {len(ids)} images{per_folder}, settings: " + ", ".join(f"`{k}={v}`" for k, v in common.items()), "",
              "Command: `python tools/compare_evals.py " + " ".join(f'"{e}"' for e in args.evals) + "`", "",
              "| evaluation | " + " | ".join(f"{name} [95%]" for _, name in KEYS)
              + f" | minus {loaded[0][0]}: " + " | ".join(name for _, name in KEYS) + " |",
