@@ -400,6 +400,7 @@ def test_compare_evals_per_folder_ids_pairs_overlapping_splits_folder_by_folder(
     assert tool.main(args + ["--per-folder-ids", "--out", str(out)]) == 0
     text = out.read_text()
     assert text.startswith("# 4 images (image ids counted once per pooled folder")
+    assert "--per-folder-ids --num-bootstrap 50`" in next(line for line in text.splitlines() if line.startswith("Command:"))
     assert "| 75.0 [" in next(line for line in text.splitlines() if line.startswith("| A |"))
     row = next(line for line in text.splitlines() if line.startswith("| B |"))
     # image 2 of fold 2 is a miss for both, image 2 of fold 1 a hit for both: pairing by folder, not by id

@@ -93,8 +93,11 @@ def main(argv=None):
             return 2
     stats = [M.analyse(r, iou=common["match_iou"], top_n=common["paper_top_n"]) for _, _, _, r in loaded]
     per_folder = " (image ids counted once per pooled folder: --per-folder-ids)" if args.per_folder_ids else ""
+    # the options that change the numbers, so that the recorded command reproduces them
+    flags = (" --per-folder-ids" if args.per_folder_ids else "") + (
+        f" --num-bootstrap {args.num_bootstrap}" if args.num_bootstrap != 1000 else "")
     lines = [f"# {len(ids)} images{per_folder}, settings: " + ", ".join(f"`{k}={v}`" for k, v in common.items()), "",
-             "Command: `python tools/compare_evals.py " + " ".join(f'"{e}"' for e in args.evals) + "`", "",
+             "Command: `python tools/compare_evals.py " + " ".join(f'"{e}"' for e in args.evals) + flags + "`", "",
              "| evaluation | " + " | ".join(f"{name} [95%]" for _, name in KEYS)
              + f" | minus {loaded[0][0]}: " + " | ".join(name for _, name in KEYS) + " |",
              "|---|" + "---|" * (2 * len(KEYS))]
