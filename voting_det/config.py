@@ -20,6 +20,7 @@ __all__ = [
     "load_config_dict",
     "merge_config_file",
     "resolve_device",
+    "setup_cfg",
     "validate_explain_config",
     "validate_voting_config",
 ]
@@ -51,6 +52,8 @@ def add_voting_config(cfg: CN) -> None:
     _add_eval_config(cfg)
     _add_checkpoint_config(cfg)
     _add_explain_config(cfg)
+    for key in RETIRED_KEYS:
+        cfg.register_deprecated_key(key)
 
 
 # Rankings of the primitives a trace keeps maps of (MODEL.EXPLAIN.RANK_BY): the
@@ -77,6 +80,11 @@ def validate_explain_config(cfg: CN) -> None:
         _fail("MODEL.EXPLAIN.TOP_PRIMITIVES", f"must be >= 1, got {e.TOP_PRIMITIVES}")
     if e.RANK_BY not in EXPLAIN_RANKINGS:
         _fail("MODEL.EXPLAIN.RANK_BY", f"must be one of {EXPLAIN_RANKINGS}, got {e.RANK_BY!r}")
+
+
+# Keys of earlier versions that configs saved next to old runs still carry:
+# merging them logs a warning and ignores them.
+RETIRED_KEYS = ("MODEL.VOTING.TRUST_PICKLE",)  # now MODEL.CHECKPOINT.TRUST_PICKLE, the only one
 
 
 def _add_checkpoint_config(cfg: CN) -> None:
@@ -120,9 +128,8 @@ def _add_voting_model_config(cfg: CN) -> None:
     v = cfg.MODEL.VOTING = CN()
     # Pretrained ResNet-18 for the local backbone: a local file (torchvision .pth or
     # detectron2 format); "" = from scratch. Needs MODEL.RESNETS.NORM "FrozenBN".
+    # Read through MODEL.CHECKPOINT's rules (pickles only with TRUST_PICKLE).
     v.PRETRAINED_BACKBONE = ""
-    # Allow pickle (.pkl) weight files, which can run code when read; off by default.
-    v.TRUST_PICKLE = False
     # Which levels run, coarse to fine: ["res4"] = LS, ["res4", "res3"] = LCF.
     v.LEVELS = ["res4", "res3"]
     # K: number of visual primitives (semantic + spatial template pairs) per level.
@@ -345,3 +352,25 @@ def resolve_device(cfg: CN) -> None:
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger(__name__).warning("MODEL.DEVICE=%s but no CUDA device is available: using the CPU", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
+
+
+def setup_cfg(config_file: str, opts=(), *, freeze: bool = True) -> CN:
+    """The one config builder: detectron2's defaults, voting_det's keys, the
+    file (``model_zoo://`` bases resolved), the ``KEY VALUE`` overrides, the
+    device (:func:`resolve_device`), validated when the model is a VotingRCNN,
+    frozen unless ``freeze`` is False."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_voting_config(cfg)
+    merge_config_file(cfg, config_file)
+    try:
+        cfg.merge_from_list(list(opts))
+    except (AssertionError, KeyError) as e:  # yacs: "Non-existent key: ..."
+        raise ValueError(f"command-line override: {e}; check its spelling (docs/configs.md)") from None
+    resolve_device(cfg)
+    if cfg.MODEL.META_ARCHITECTURE == "VotingRCNN":  # detectron2's own models validate themselves
+        validate_voting_config(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg

@@ -139,7 +139,7 @@ class VotingRCNN(GeneralizedRCNN):
             context_head = build_context_head(cfg, context_backbone.output_shape()[c.IN_FEATURE])
         for backbone, path in ((ret["backbone"], cfg.MODEL.VOTING.PRETRAINED_BACKBONE), (context_backbone, c.PRETRAINED_BACKBONE)):
             if backbone is not None and path:
-                report = load_pretrained_backbone(backbone, path, trust_pickle=cfg.MODEL.VOTING.TRUST_PICKLE)
+                report = load_pretrained_backbone(backbone, path, trust_pickle=cfg.MODEL.CHECKPOINT.TRUST_PICKLE)
                 logger.info("loaded %d tensors from %s (unused: %d, adapted: %s)",
                             report["loaded"], path, len(report["unused"]), report["adapted"])
         ret.update(
