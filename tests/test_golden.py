@@ -13,6 +13,7 @@ Re-record (only after a change that is meant to change results, and say so in
 the commit): ``python tests/test_golden.py --record``.
 """
 import os
+import re
 import sys
 import zlib
 
@@ -29,14 +30,21 @@ CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 CONFIGS = {"ls": "nt_ls.yaml", "lcf": "nt_lcf.yaml", "proposed": "nt_voting.yaml"}
 H, W = 128, 192
 TOLERANCE = 1e-6
-# Parameter names of the recorded layout, by today's prefix.
-RENAMED_PREFIXES = {}
+# Today's parameter names -> the recorded layout's (VotingRCNN owned the context
+# head and mu; levels were "stages"; FC layers were plain nn.Sequential).
+RENAMES = (
+    (r"^roi_heads\.context_head\.predictor\.", "context_head."),
+    (r"^roi_heads\.context_head\.", "context_head."),
+    (r"^roi_heads\.fusion_logit$", "fusion_logit"),
+    (r"^roi_heads\.levels\.", "roi_heads.stages."),
+    (r"\.(fc|fc_g1|fc_g2)\.fc1\.", r".\1.1."),
+    (r"\.(fc|fc_g1|fc_g2)\.fc2\.", r".\1.3."),
+)
 
 
 def recorded_name(name: str) -> str:
-    for new, old in RENAMED_PREFIXES.items():
-        if name.startswith(new):
-            return old + name[len(new):]
+    for pattern, old in RENAMES:
+        name = re.sub(pattern, old, name)
     return name
 
 

@@ -1,28 +1,30 @@
-"""The context branch (METHOD.md section 3, paper Eq. 4 and 5).
+"""The context branch's head (docs/method.md section 3, paper Eq. 4 and 5).
 
 Around each proposal centre, O context boxes are laid out in units of the
 image; FC_G1 reads the union box and moves each box (deformable step, Eq. 4);
 the deformed boxes are sampled with a bilinear sampler that is differentiable in
 the box (detectron2's ROIAlign gives no box gradient, so FC_G1 would never
 learn otherwise), and FC_G2 gives the class logits and Box2BoxTransform deltas
-relative to the proposal (Eq. 5).
+relative to the proposal (Eq. 5), through detectron2's class-agnostic
+``FastRCNNOutputLayers``, whose losses it uses.
 """
+import dataclasses
 from typing import Dict, List, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.poolers import ROIPooler
+from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
 from .context import context_layout, deform_boxes, place_context_boxes, sample_boxes_bilinear, union_box
-from .local_head import mlp, smooth_l1_mean
+from .voting_level import fc_head
 
-__all__ = ["CONTEXT_HEAD_REGISTRY", "ContextHead", "build_context_head"]
+__all__ = ["CONTEXT_HEAD_REGISTRY", "ContextHead", "ContextOutput", "build_context_head"]
 
 CONTEXT_HEAD_REGISTRY = Registry("CONTEXT_HEAD")
 CONTEXT_HEAD_REGISTRY.__doc__ = """
@@ -35,6 +37,18 @@ The registered object is called with `cfg, input_shape` (a ShapeSpec).
 def build_context_head(cfg, input_shape: ShapeSpec) -> nn.Module:
     """Build ``cfg.MODEL.CONTEXT.NAME`` from :data:`CONTEXT_HEAD_REGISTRY`."""
     return CONTEXT_HEAD_REGISTRY.get(cfg.MODEL.CONTEXT.NAME)(cfg, input_shape)
+
+
+@dataclasses.dataclass
+class ContextOutput:
+    """What the context head computes for R proposals (all rows aligned)."""
+
+    context_boxes: Tensor  # (R, O, 4) x_o, the fixed layout around each proposal centre
+    deformed_context_boxes: Tensor  # (R, O, 4) x_o' after FC_G1's offsets (Eq. 4)
+    offsets: Tensor  # (R, O, 2) FC_G1's offsets
+    logits: Tensor  # (R, C+1) FC_G2's class scores (Eq. 5)
+    deltas: Tensor  # (R, 4) Box2BoxTransform deltas relative to the proposal
+    pred_boxes: Tensor  # (R, 4) x_G, image XYXY
 
 
 @CONTEXT_HEAD_REGISTRY.register()
@@ -69,20 +83,22 @@ class ContextHead(nn.Module):
         self.union_pooler = ROIPooler(
             tuple(union_resolution), (self.spatial_scale,), union_sampling_ratio, "ROIAlignV2"
         )
-        self.fc_g1, dim = mlp(channels * union_resolution[0] * union_resolution[1], fc_g1_dims)
-        self.offset_pred = nn.Linear(dim, num_boxes * 2)
+        u_h, u_w = union_resolution
+        self.fc_g1 = fc_head(ShapeSpec(channels=channels, height=u_h, width=u_w), fc_g1_dims)
+        self.offset_pred = nn.Linear(self.fc_g1.output_shape.channels, num_boxes * 2)
         nn.init.zeros_(self.offset_pred.weight)  # starts at the fixed layout
         nn.init.zeros_(self.offset_pred.bias)
-        self.fc_g2, dim = mlp(num_boxes * channels * box_resolution[0] * box_resolution[1], fc_g2_dims)
-        self.cls_score = nn.Linear(dim, num_classes + 1)
-        self.bbox_pred = nn.Linear(dim, 4)
-        nn.init.normal_(self.cls_score.weight, std=0.01)
-        nn.init.normal_(self.bbox_pred.weight, std=0.001)
-        for layer in (self.cls_score, self.bbox_pred):
-            nn.init.zeros_(layer.bias)
-        self.box2box_transform = box2box_transform
-        self.smooth_l1_beta = smooth_l1_beta
-        self.loss_weights = dict(loss_weights)
+        b_h, b_w = box_resolution
+        self.fc_g2 = fc_head(ShapeSpec(channels=num_boxes * channels, height=b_h, width=b_w), fc_g2_dims)
+        # class scores and class-agnostic deltas, their init and losses: detectron2's
+        self.predictor = FastRCNNOutputLayers(
+            self.fc_g2.output_shape,
+            box2box_transform=box2box_transform,
+            num_classes=num_classes,
+            cls_agnostic_bbox_reg=True,
+            smooth_l1_beta=smooth_l1_beta,
+            loss_weight={"loss_cls": loss_weights["cls"], "loss_box_reg": loss_weights["box"]},
+        )
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -102,7 +118,7 @@ class ContextHead(nn.Module):
             "loss_weights": {"cls": c.LOSS_WEIGHT_CLS, "box": c.LOSS_WEIGHT_BOX},
         }
 
-    def forward(self, feature: Tensor, proposals: List[Instances]) -> Dict[str, Tensor]:
+    def forward(self, feature: Tensor, proposals: List[Instances]) -> ContextOutput:
         """Global predictions for every proposal of every image.
 
         Args:
@@ -110,10 +126,7 @@ class ContextHead(nn.Module):
             proposals: per image, Instances with ``proposal_boxes``.
 
         Returns:
-            dict of per-proposal tensors: ``context_boxes`` x_o and
-            ``deformed_context_boxes`` x_o' ``(R, O, 4)``, ``offsets``
-            ``(R, O, 2)``, ``logits`` ``(R, C+1)``, ``deltas`` ``(R, 4)`` and
-            ``pred_boxes`` x_G ``(R, 4)``.
+            a :class:`ContextOutput`, one row per proposal.
         """
         proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals])
         num_per_image = [len(p) for p in proposals]
@@ -135,25 +148,19 @@ class ContextHead(nn.Module):
             feature, deformed.reshape(-1, 4), batch_index, self.box_resolution, self.spatial_scale
         )
         hidden = self.fc_g2(crops.reshape(-1, num_boxes, *crops.shape[1:]))  # Eq. 5: the O crops concatenated
-        deltas = self.bbox_pred(hidden)
-        return {
-            "context_boxes": context_boxes,
-            "deformed_context_boxes": deformed,
-            "offsets": offsets,
-            "logits": self.cls_score(hidden),
-            "deltas": deltas,
-            "pred_boxes": self.box2box_transform.apply_deltas(deltas, proposal_boxes),
-        }
+        logits, deltas = self.predictor(hidden)
+        return ContextOutput(
+            context_boxes=context_boxes,
+            deformed_context_boxes=deformed,
+            offsets=offsets,
+            logits=logits,
+            deltas=deltas,
+            pred_boxes=self.predictor.box2box_transform.apply_deltas(deltas, proposal_boxes),
+        )
 
-    def losses(self, out: Dict[str, Tensor], proposals: List[Instances], gt_classes: Tensor, gt_boxes: Tensor):
-        """Cross-entropy and smooth-L1 on Box2BoxTransform deltas relative to the
-        proposals, keys ``loss_global_{cls,box}``."""
-        proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals])
-        fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
-        target = self.box2box_transform.get_deltas(proposal_boxes[fg], gt_boxes[fg])
-        num = len(gt_classes)
-        losses = {
-            "cls": F.cross_entropy(out["logits"], gt_classes) if num else out["logits"].sum(),
-            "box": smooth_l1_mean(out["deltas"][fg], target, self.smooth_l1_beta, num),
-        }
-        return {f"loss_global_{k}": v * self.loss_weights[k] for k, v in losses.items()}
+    def losses(self, out: ContextOutput, proposals: List[Instances]) -> Dict[str, Tensor]:
+        """detectron2's Fast R-CNN losses on the labelled ``proposals``
+        (``gt_classes``, ``gt_boxes``): cross-entropy, and smooth-L1 on the
+        deltas relative to the proposals; keys ``loss_global_{cls,box}``."""
+        losses = self.predictor.losses((out.logits, out.deltas), proposals)
+        return {"loss_global_cls": losses["loss_cls"], "loss_global_box": losses["loss_box_reg"]}
