@@ -12,7 +12,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from voting_det import add_voting_config
-from voting_det.config import merge_config_file
+from voting_det.config import merge_config_file, setup_cfg
 from voting_det.modeling import fuse_predictions
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -88,18 +88,18 @@ def test_every_learned_part_of_the_paper_gets_a_gradient():
     sum(losses.values()).backward()
     params = dict(model.named_parameters())
     names = [
-        "roi_heads.stages.0.primitives.semantic_templates",
-        "roi_heads.stages.1.primitives.semantic_templates",
-        "roi_heads.stages.0.primitives.spatial_template_logits",
-        "roi_heads.stages.1.primitives.spatial_template_logits",
-        "roi_heads.stages.0.primitives.log_temperature",
-        "roi_heads.stages.1.primitives.log_temperature",
-        "fusion_logit",
-        "roi_heads.stages.0.fc.1.weight",  # FC_L
-        "roi_heads.stages.1.size_pred.weight",
-        "context_head.offset_pred.weight",  # FC_G1's last layer, through the box-differentiable sampler
-        "context_head.fc_g2.1.weight",  # FC_G2
-        "context_head.bbox_pred.weight",
+        "roi_heads.levels.0.primitives.semantic_templates",
+        "roi_heads.levels.1.primitives.semantic_templates",
+        "roi_heads.levels.0.primitives.spatial_template_logits",
+        "roi_heads.levels.1.primitives.spatial_template_logits",
+        "roi_heads.levels.0.primitives.log_temperature",
+        "roi_heads.levels.1.primitives.log_temperature",
+        "roi_heads.fusion_logit",
+        "roi_heads.levels.0.fc.fc1.weight",  # FC_L
+        "roi_heads.levels.1.size_pred.weight",
+        "roi_heads.context_head.offset_pred.weight",  # FC_G1's last layer, through the box-differentiable sampler
+        "roi_heads.context_head.fc_g2.fc1.weight",  # FC_G2
+        "roi_heads.context_head.predictor.bbox_pred.weight",
         "backbone.stem.conv1.weight",
         "context_backbone.stem.conv1.weight",
     ]
@@ -110,10 +110,10 @@ def test_every_learned_part_of_the_paper_gets_a_gradient():
     # learns as soon as that layer has moved
     model.zero_grad()
     with torch.no_grad():
-        model.context_head.offset_pred.weight.normal_(std=0.01)
+        model.roi_heads.context_head.offset_pred.weight.normal_(std=0.01)
     with EventStorage():
         sum(model(batch(with_negative=False)).values()).backward()
-    assert params["context_head.fc_g1.1.weight"].grad.norm() > 0
+    assert params["roi_heads.context_head.fc_g1.fc1.weight"].grad.norm() > 0
 
 
 def test_inference_gives_instances_inside_the_image_with_probabilities():
@@ -132,7 +132,7 @@ def test_inference_gives_instances_inside_the_image_with_probabilities():
     assert (inst.pred_classes == 0).all()
     # intermediate boxes are in the output size too, and mu is the model's
     assert inst.context_boxes.shape == (len(inst), 4, 4)
-    assert torch.allclose(inst.mu, torch.sigmoid(model.fusion_logit).expand(len(inst)))
+    assert torch.allclose(inst.mu, torch.sigmoid(model.roi_heads.fusion_logit).expand(len(inst)))
     fused = inst.mu[:, None] * inst.local_boxes + (1 - inst.mu[:, None]) * inst.global_boxes
     limit = torch.tensor([2 * W, 2 * H, 2 * W, 2 * H], dtype=fused.dtype)
     assert torch.allclose(torch.minimum(fused.clamp(min=0), limit), boxes, atol=1e-3)  # detectron2 clips pred_boxes
@@ -162,12 +162,23 @@ def test_fusion_extremes():
 
 @pytest.mark.parametrize("config", sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR, "nt_*.yaml"))))
 def test_every_config_parses_and_builds(config):
-    cfg = get_cfg()
-    add_voting_config(cfg)
-    merge_config_file(cfg, os.path.join(CONFIG_DIR, config))
-    cfg.MODEL.DEVICE = "cpu"
-    model = build_model(cfg)
-    assert sum(p.numel() for p in model.parameters()) > 0
+    cfg = setup_cfg(os.path.join(CONFIG_DIR, config), ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg).eval()
+    assert type(model).__name__ == cfg.MODEL.META_ARCHITECTURE
+    if cfg.MODEL.META_ARCHITECTURE == "VotingRCNN":
+        heads = model.roi_heads
+        assert heads.level_names == list(cfg.MODEL.VOTING.LEVELS)
+        grids = [tuple(g) for g in cfg.MODEL.VOTING.GRID_SIZES][: len(heads.levels)]  # one per level, in order
+        assert [tuple(level.grid_size) for level in heads.levels] == grids
+        assert all(level.primitives.semantic_templates.shape[0] == cfg.MODEL.VOTING.NUM_PRIMITIVES for level in heads.levels)
+        assert (model.context_backbone is not None) == (heads.context_head is not None) == cfg.MODEL.CONTEXT.ENABLED
+    with torch.no_grad():
+        inst = model([{"image": batch()[0]["image"]}])[0]["instances"]
+    assert inst.image_size == (H, W)
+    boxes = inst.pred_boxes.tensor
+    assert bool(((boxes[:, 0] >= 0) & (boxes[:, 2] <= W) & (boxes[:, 1] >= 0) & (boxes[:, 3] <= H)).all())
+    assert bool(((inst.scores >= 0) & (inst.scores <= 1)).all())
+    assert len(inst) <= cfg.TEST.DETECTIONS_PER_IMAGE
 
 
 @pytest.mark.parametrize(
@@ -200,18 +211,18 @@ def test_unknown_key_in_a_config_file_is_refused(tmp_path):
 
 @pytest.mark.parametrize("test_mu,branch", [(1.0, "local_boxes"), (0.0, "global_boxes")])
 def test_test_mu_evaluates_one_branch_alone(test_mu, branch):
-    from voting_det.evaluation.speed import build_model_from_config, make_inputs
-
-    small = ("MODEL.RPN.POST_NMS_TOPK_TEST", "20", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
-             "MODEL.VOTING.RETURN_INTERMEDIATE", "True")
-    model, _ = build_model_from_config("configs/nt_voting.yaml", small + ("MODEL.CONTEXT.TEST_MU", str(test_mu)))
+    small = ["MODEL.DEVICE", "cpu", "MODEL.RPN.POST_NMS_TOPK_TEST", "20", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
+             "MODEL.VOTING.RETURN_INTERMEDIATE", "True"]
+    torch.manual_seed(0)
+    model = build_model(setup_cfg(os.path.join(CONFIG_DIR, "nt_voting.yaml"), small + ["MODEL.CONTEXT.TEST_MU", str(test_mu)]))
+    model.eval()
     with torch.no_grad():
-        model.fusion_logit.fill_(0.3)  # a learned mu of sigmoid(0.3), not test_mu
-        inst = model(make_inputs(128, 160, seed=2))[0]["instances"]
+        model.roi_heads.fusion_logit.fill_(0.3)  # a learned mu of sigmoid(0.3), not test_mu
+        inst = model([{"image": batch()[0]["image"]}])[0]["instances"]
     assert len(inst) > 0
     expected = Boxes(inst.get(branch).clone())
     expected.clip(inst.image_size)  # detectron2's inference clips the output boxes, not the intermediate ones
     torch.testing.assert_close(inst.pred_boxes.tensor, expected.tensor)
-    assert float(model.mu.detach()) == test_mu
+    assert float(model.roi_heads.mu.detach()) == test_mu
     model.train()
-    assert float(model.mu.detach()) == pytest.approx(float(torch.sigmoid(torch.tensor(0.3))))  # training uses the learned one
+    assert float(model.roi_heads.mu.detach()) == pytest.approx(float(torch.sigmoid(torch.tensor(0.3))))  # training uses the learned one

@@ -13,7 +13,7 @@ from detectron2.modeling.backbone import build_resnet_backbone
 
 from voting_det import add_voting_config
 from voting_det.config import merge_config_file
-from voting_det.modeling.weights import load_pretrained_backbone
+from voting_det.engine.backbone_weights import load_pretrained_backbone
 
 ATOL = 1e-4
 INPUT_SIZE = (2, 3, 96, 128)
@@ -131,9 +131,9 @@ def test_pickle_refused_without_trust_and_read_with_it(tmp_path):
         pickle.dump({"model": {k: v.numpy() for k, v in source.state_dict().items()},
                      "__author__": "Detectron2 Model Zoo"}, f)
 
-    with pytest.raises(ValueError, match="trust_pickle=True") as err:
+    with pytest.raises(ValueError, match="TRUST_PICKLE") as err:
         load_pretrained_backbone(_backbone(), str(path))
-    assert "arbitrary code" in str(err.value)
+    assert "can run code" in str(err.value)
 
     target = _backbone()
     report = load_pretrained_backbone(target, str(path), trust_pickle=True)
@@ -219,12 +219,16 @@ def test_missing_keys_refused_unless_allowed(torchvision_r18, tmp_path):
 def test_non_weight_pth_refused_without_trust(tmp_path):
     path = tmp_path / "object.pth"
     torch.save({"model": torch.nn.Linear(2, 2)}, path)
-    with pytest.raises(ValueError, match="trust_pickle=True"):
+    with pytest.raises(ValueError, match="TRUST_PICKLE"):
         load_pretrained_backbone(_backbone(), str(path))
 
 
 def test_config_keys_load_pretrained_weights_into_both_backbones(tmp_path):
-    """MODEL.VOTING/CONTEXT.PRETRAINED_BACKBONE load a torchvision file at build time."""
+    """MODEL.VOTING/CONTEXT.PRETRAINED_BACKBONE: building the model reads no
+    file; the checkpointer's conversion step loads a torchvision file into both
+    backbones (the trainer calls it when training starts)."""
+    from voting_det.engine.checkpoint import SafeCheckpointer
+
     torch.manual_seed(0)
     reference = torchvision.models.resnet18()
     path = str(tmp_path / "resnet18.pth")
@@ -234,7 +238,11 @@ def test_config_keys_load_pretrained_weights_into_both_backbones(tmp_path):
     merge_config_file(cfg, os.path.join(os.path.dirname(__file__), "..", "configs", "nt_voting.yaml"))
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "FrozenBN",
                          "MODEL.VOTING.PRETRAINED_BACKBONE", path, "MODEL.CONTEXT.PRETRAINED_BACKBONE", path])
+    missing = cfg.clone()
+    missing.merge_from_list(["MODEL.VOTING.PRETRAINED_BACKBONE", str(tmp_path / "absent.pth")])
+    build_model(missing)  # no file read while building
     model = build_model(cfg)
+    SafeCheckpointer.from_config(cfg, model).load_pretrained_backbones(cfg)
     summed = reference.conv1.weight.sum(dim=1, keepdim=True)  # grey stem: RGB kernels summed
     for backbone in (model.backbone, model.context_backbone):
         assert torch.allclose(backbone.stem.conv1.weight, summed)
@@ -276,7 +284,7 @@ def test_context_backbone_starts_as_a_copy_of_a_stage1_local_backbone_only_when_
 
     torch.manual_seed(2)
     cfg, on = _voting_model("MODEL.CONTEXT.INIT_FROM_LOCAL", "True")
-    SafeCheckpointer(on).load(lcf_path)
+    SafeCheckpointer.from_config(cfg, on).load(lcf_path)
     ctx = on.context_backbone.state_dict()
     assert ctx.keys() == local.keys() and len(ctx) > 10
     for k in local:
@@ -289,8 +297,8 @@ def test_context_backbone_starts_as_a_copy_of_a_stage1_local_backbone_only_when_
     stage2_path = str(tmp_path / "stage2.pth")
     torch.save({"model": on.state_dict()}, stage2_path)
     torch.manual_seed(3)
-    _, resumed = _voting_model("MODEL.CONTEXT.INIT_FROM_LOCAL", "True")
-    SafeCheckpointer(resumed).load(stage2_path)
+    cfg, resumed = _voting_model("MODEL.CONTEXT.INIT_FROM_LOCAL", "True")
+    SafeCheckpointer.from_config(cfg, resumed).load(stage2_path)
     assert torch.equal(resumed.context_backbone.stem.conv1.weight, local["stem.conv1.weight"] + 1.0)
 
     with pytest.raises(ValueError, match="MODEL.CONTEXT.INIT_FROM_LOCAL"):

@@ -14,11 +14,14 @@ from detectron2.config import CfgNode as CN
 
 __all__ = [
     "EXPLAIN_RANKINGS",
+    "PICKLE_SUFFIXES",
+    "UnsafeWeightsError",
     "MODEL_ZOO_PREFIX",
     "VOTING_LEVELS",
     "add_voting_config",
     "load_config_dict",
     "merge_config_file",
+    "refuse_untrusted_weights",
     "resolve_device",
     "setup_cfg",
     "validate_explain_config",
@@ -85,6 +88,26 @@ def validate_explain_config(cfg: CN) -> None:
 # Keys of earlier versions that configs saved next to old runs still carry:
 # merging them logs a warning and ignores them.
 RETIRED_KEYS = ("MODEL.VOTING.TRUST_PICKLE",)  # now MODEL.CHECKPOINT.TRUST_PICKLE, the only one
+
+
+# File name endings read with pickle (only with MODEL.CHECKPOINT.TRUST_PICKLE).
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+
+
+class UnsafeWeightsError(ValueError):
+    """A weights file that could run code when read."""
+
+
+def refuse_untrusted_weights(path: str, trust_pickle: bool) -> None:
+    """Raise :class:`UnsafeWeightsError` for a pickle file name unless
+    ``trust_pickle``: checked before any byte of the file is read (by the
+    model's ``from_config`` for ``MODEL.WEIGHTS``, so also for a plain
+    detectron2 ``DefaultPredictor``, and by the checkpointer)."""
+    if path and path.lower().endswith(PICKLE_SUFFIXES) and not trust_pickle:
+        raise UnsafeWeightsError(
+            f"{path}: a pickle file, which can run code when read; refused. Convert it to a .pth state dict, "
+            "or set MODEL.CHECKPOINT.TRUST_PICKLE True if you trust where it comes from"
+        )
 
 
 def _add_checkpoint_config(cfg: CN) -> None:

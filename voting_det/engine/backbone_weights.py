@@ -1,7 +1,8 @@
-"""Load pretrained ResNet-18 weights into voting_det's truncated detectron2 backbones.
+"""Convert pretrained ResNet-18 weights for voting_det's truncated detectron2 backbones
+(the conversion step of :class:`~voting_det.engine.checkpoint.SafeCheckpointer`).
 
 The local and the context branch each own a detectron2 ``ResNet`` built to res4
-(METHOD.md sections 2 and 3). :func:`load_pretrained_backbone` fills one of them
+(docs/method.md sections 2 and 3). :func:`load_pretrained_backbone` fills one of them
 from a local file, converting names on the fly, so no converted copy of the
 file is ever needed. Accepted files:
 
@@ -22,8 +23,6 @@ into ``FrozenBN`` (or ``BN``) layers and are refused for GroupNorm, so set
 the from-scratch default).
 """
 import logging
-import os
-import pickle
 import re
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -34,12 +33,12 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling.backbone import ResNet
 from torch import Tensor, nn
 
-__all__ = ["CHECKPOINT_PREFIXES", "PICKLE_SUFFIXES", "load_pretrained_backbone", "read_weight_file"]
+from .checkpoint import read_weights
+
+__all__ = ["CHECKPOINT_PREFIXES", "load_pretrained_backbone", "read_weight_file"]
 
 logger = logging.getLogger(__name__)
 
-# File name endings read with pickle (only with trust_pickle=True).
-PICKLE_SUFFIXES = (".pkl", ".pickle")
 # Where detectron2 meta-architectures keep their ResNet: FPN models under
 # "backbone.bottom_up.", C4 models (and voting_det's local branch) under "backbone.".
 CHECKPOINT_PREFIXES = ("backbone.bottom_up.", "backbone.")
@@ -71,28 +70,11 @@ def read_weight_file(path: str, *, trust_pickle: bool = False) -> Tuple[Dict[str
     """Read a weight file into ``(name -> tensor, names of non-array entries)``.
 
     ``{"model": ...}`` and Detectron's ``{"blobs": ...}`` wrappers are unwrapped;
-    numpy arrays become tensors. Pickles (``PICKLE_SUFFIXES``) are refused unless
-    ``trust_pickle``; other files go through ``torch.load(weights_only=True)``
-    unless ``trust_pickle`` allows a full unpickling.
+    numpy arrays become tensors. The file is read by
+    :func:`voting_det.engine.checkpoint.read_weights` (pickles only with
+    ``trust_pickle``).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weight file not found: {path}")
-    if path.lower().endswith(PICKLE_SUFFIXES):
-        if not trust_pickle:
-            raise ValueError(
-                f"{path} is a pickle, and unpickling a file can run arbitrary code; it is read only "
-                "with trust_pickle=True (pass it if you trust where the file comes from)"
-            )
-        with open(path, "rb") as f:
-            data = pickle.load(f, encoding="latin1")
-    else:
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-        except pickle.UnpicklingError as e:
-            raise ValueError(
-                f"{path} holds more than weights, so torch.load(weights_only=True) refuses it; "
-                "pass trust_pickle=True only if you trust where the file comes from"
-            ) from e
+    data = read_weights(path, trust_pickle=trust_pickle)
     if not isinstance(data, Mapping):
         raise ValueError(f"{path} holds a {type(data).__name__}, not a dict of weights")
     for wrapper in ("model", "blobs"):

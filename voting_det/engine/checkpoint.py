@@ -1,40 +1,61 @@
-"""Checkpoints that cannot run code, cannot be half-written, and do not load
-into a head of another shape silently.
+"""voting_det's one checkpointer: weights that cannot run code, cannot be
+half-written, and do not load into a model of another shape silently.
 
-- Reading: ``.pth`` files go through ``torch.load(weights_only=True)`` (tensors
-  and plain containers only); pickles (``.pkl``, ``.pickle``: detectron2's model
-  zoo format) are refused unless ``MODEL.CHECKPOINT.TRUST_PICKLE`` is set, since
+- Reading (:func:`read_weights`, the one reader of weight files): ``.pth``
+  files go through ``torch.load(weights_only=True)`` (tensors and plain
+  containers only); pickles (``.pkl``, ``.pickle``: detectron2's model-zoo
+  format) are refused unless ``MODEL.CHECKPOINT.TRUST_PICKLE`` is set, since
   unpickling can execute code.
-- Writing: to a temporary name, then renamed (``last_checkpoint`` too), so a
-  crash mid-write leaves the previous checkpoint usable.
+- Converting (:meth:`SafeCheckpointer._load_model`, as DensePose's
+  checkpointer does): parameter names of earlier versions (the context head
+  and mu on the meta-architecture, "stages" for levels, plain FC layers) are
+  renamed; with ``MODEL.CONTEXT.INIT_FROM_LOCAL`` a file without a context
+  backbone (a stage-1 LCF model) gives it a copy of its local backbone;
+  pretrained ResNets (:meth:`SafeCheckpointer.load_pretrained_backbones`) are
+  renamed and their RGB stem summed into a grey one
+  (:mod:`.backbone_weights`).
 - Loading into a model: a parameter whose shape differs from the model's (a
   weights file of another architecture, e.g. K = 64 templates into a K = 128
   model) is an error naming the keys, unless ``MODEL.CHECKPOINT.SKIP_MISMATCHED``
-  asks to leave those parameters at their initial values; missing and
-  unexpected keys are reported by detectron2 as warnings.
+  asks to leave those parameters at their initial values.
+- Writing: to a temporary name, then renamed (``last_checkpoint`` too), so a
+  crash mid-write leaves the previous checkpoint usable.
 """
+import logging
 import os
 import pickle
+import re
+from typing import Dict
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from torch import Tensor
 
-from ..modeling.weights import PICKLE_SUFFIXES
+from ..config import PICKLE_SUFFIXES, UnsafeWeightsError, refuse_untrusted_weights
 
-__all__ = ["SafeCheckpointer", "UnsafeWeightsError"]
+__all__ = ["SafeCheckpointer", "UnsafeWeightsError", "read_weights", "rename_legacy_keys"]
+
+logger = logging.getLogger(__name__)
+# Parameter names of checkpoints written before the ROI head owned the
+# prediction -> today's, applied in order.
+LEGACY_RENAMES = (
+    (re.compile(r"^context_head\.(cls_score|bbox_pred)\."), r"roi_heads.context_head.predictor.\1."),
+    (re.compile(r"^context_head\."), "roi_heads.context_head."),
+    (re.compile(r"^fusion_logit$"), "roi_heads.fusion_logit"),
+    (re.compile(r"^roi_heads\.stages\."), "roi_heads.levels."),
+    (re.compile(r"\.(fc|fc_g1|fc_g2)\.1\."), r".\1.fc1."),
+    (re.compile(r"\.(fc|fc_g1|fc_g2)\.3\."), r".\1.fc2."),
+)
+LOCAL_BACKBONE, CONTEXT_BACKBONE = "backbone.", "context_backbone."
 
 
-class UnsafeWeightsError(ValueError):
-    """A weights file that could run code when read."""
-
-
-def _safe_load(path: str, trust_pickle: bool):
-    if path.endswith(PICKLE_SUFFIXES):
-        if not trust_pickle:
-            raise UnsafeWeightsError(
-                f"{path}: a pickle file, which can run code when read; refused. Convert it to a .pth state dict, "
-                "or set MODEL.CHECKPOINT.TRUST_PICKLE True if you trust where it comes from"
-            )
+def read_weights(path: str, trust_pickle: bool = False):
+    """The contents of a weights file, read without running code unless
+    ``trust_pickle`` (see the module docstring)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file {path} not found")
+    refuse_untrusted_weights(path, trust_pickle)
+    if path.lower().endswith(PICKLE_SUFFIXES):
         with open(path, "rb") as f:
             return pickle.load(f, encoding="latin1")
     try:
@@ -47,33 +68,55 @@ def _safe_load(path: str, trust_pickle: bool):
         ) from e
 
 
-class SafeCheckpointer(DetectionCheckpointer):
-    """detectron2's ``DetectionCheckpointer`` with the three rules above."""
+def rename_legacy_keys(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """``state_dict`` with names of earlier voting_det versions renamed."""
+    renamed = {}
+    for name, value in state_dict.items():
+        for pattern, new in LEGACY_RENAMES:
+            name = pattern.sub(new, name)
+        renamed[name] = value
+    return renamed
 
-    def __init__(self, model, save_dir: str = "", *, trust_pickle: bool = False, skip_mismatched: bool = False, **kw):
+
+class SafeCheckpointer(DetectionCheckpointer):
+    """detectron2's ``DetectionCheckpointer`` with the rules above."""
+
+    def __init__(
+        self,
+        model,
+        save_dir: str = "",
+        *,
+        trust_pickle: bool = False,
+        skip_mismatched: bool = False,
+        context_init_from_local: bool = False,
+        **kw,
+    ):
         super().__init__(model, save_dir, **kw)
         self.trust_pickle = trust_pickle
         self.skip_mismatched = skip_mismatched
+        self.context_init_from_local = context_init_from_local
 
     @classmethod
     def from_config(cls, cfg, model, save_dir: str = "", **kw) -> "SafeCheckpointer":
         c = cfg.MODEL.get("CHECKPOINT")
+        context = cfg.MODEL.get("CONTEXT")
         return cls(model, save_dir, trust_pickle=bool(c and c.TRUST_PICKLE),
-                   skip_mismatched=bool(c and c.SKIP_MISMATCHED), **kw)
+                   skip_mismatched=bool(c and c.SKIP_MISMATCHED),
+                   context_init_from_local=bool(context and context.ENABLED and context.INIT_FROM_LOCAL), **kw)
 
     def load(self, path: str, *args, **kwargs):
         self._loading = path  # named by _load_model's error
         return super().load(path, *args, **kwargs)
 
     def _load_file(self, filename: str):
-        if filename.endswith(PICKLE_SUFFIXES) and not self.trust_pickle:
-            _safe_load(filename, False)  # raises UnsafeWeightsError
+        refuse_untrusted_weights(filename, self.trust_pickle)
         return super()._load_file(filename)  # .pth files through _torch_load below
 
     def _torch_load(self, f: str):
-        return _safe_load(f, self.trust_pickle)
+        return read_weights(f, self.trust_pickle)
 
     def _load_model(self, checkpoint):
+        checkpoint["model"] = self._convert(checkpoint["model"])
         own = self.model.state_dict()
         mismatched = [
             f"{k}: {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
@@ -89,6 +132,43 @@ class SafeCheckpointer(DetectionCheckpointer):
                 "or set MODEL.CHECKPOINT.SKIP_MISMATCHED True to leave those parameters at their initial values"
             )
         return super()._load_model(checkpoint)
+
+    def _convert(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """Legacy names renamed; the context backbone filled from the local one
+        when asked (``MODEL.CONTEXT.INIT_FROM_LOCAL``) and the file has none."""
+        state_dict = rename_legacy_keys(state_dict)
+        context = getattr(self.model, "context_backbone", None)
+        if not (self.context_init_from_local and context is not None):
+            return state_dict
+        if any(k.startswith(CONTEXT_BACKBONE) for k in state_dict) or not any(
+            k.startswith(LOCAL_BACKBONE) for k in state_dict
+        ):
+            return state_dict
+        wanted = list(context.state_dict())  # the context backbone's own keys only
+        copies = {CONTEXT_BACKBONE + k: state_dict[LOCAL_BACKBONE + k].clone() for k in wanted
+                  if LOCAL_BACKBONE + k in state_dict}
+        left = [k for k in wanted if LOCAL_BACKBONE + k not in state_dict]
+        if left:
+            logger.warning("MODEL.CONTEXT.INIT_FROM_LOCAL: the loaded local backbone lacks %d of the context "
+                           "backbone's tensors (%s), which keep their initialisation", len(left), ", ".join(left[:5]))
+        logger.info("context backbone initialised from the loaded local backbone (%d tensors, "
+                    "MODEL.CONTEXT.INIT_FROM_LOCAL)", len(copies))
+        return {**state_dict, **copies}
+
+    def load_pretrained_backbones(self, cfg) -> None:
+        """Fill the local and the context backbone from
+        ``MODEL.VOTING.PRETRAINED_BACKBONE`` / ``MODEL.CONTEXT.PRETRAINED_BACKBONE``
+        (torchvision, detectron2 or Detectron files; names converted, an RGB
+        stem summed into a grey one). Empty keys are skipped."""
+        from .backbone_weights import load_pretrained_backbone  # it reads through read_weights
+
+        for attribute, path in (("backbone", cfg.MODEL.VOTING.PRETRAINED_BACKBONE),
+                                ("context_backbone", cfg.MODEL.CONTEXT.PRETRAINED_BACKBONE)):
+            backbone = getattr(self.model, attribute, None)
+            if backbone is not None and path:
+                report = load_pretrained_backbone(backbone, path, trust_pickle=self.trust_pickle)
+                logger.info("%s: loaded %d tensors from %s (unused: %d, adapted: %s)", attribute,
+                            report["loaded"], path, len(report["unused"]), report["adapted"])
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:

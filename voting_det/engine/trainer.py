@@ -112,27 +112,6 @@ class _SeedEachIteration(HookBase):
         random.seed(s)
 
 
-def _check_finite_losses(simple_trainer) -> None:
-    """Make the inner trainer stop at a non-finite loss with a message naming
-    the iteration, the term and the process, before the optimizer steps (so
-    the weights and the last checkpoint stay as they were)."""
-    write = simple_trainer._write_metrics
-
-    def checked(loss_dict, data_time, prefix="", iter=None):
-        bad = {k: float(v.detach()) for k, v in loss_dict.items() if not torch.isfinite(v).all()}
-        if bad:
-            it = simple_trainer.iter if iter is None else iter
-            raise FloatingPointError(
-                f"non-finite loss at iteration {it} (rank {comm.get_rank()}): "
-                + ", ".join(f"{k} = {v}" for k, v in bad.items())
-                + ". Nothing of this iteration was applied and no checkpoint was written after the last good "
-                "one; resume from it with a lower SOLVER.BASE_LR or SOLVER.CLIP_GRADIENTS.ENABLED True"
-            )
-        write(loss_dict, data_time, prefix, iter)
-
-    simple_trainer._write_metrics = checked
-
-
 class Trainer(DefaultTrainer):
     """DefaultTrainer with the ultrasound mapper, NT evaluators and Adam.
 
@@ -141,14 +120,15 @@ class Trainer(DefaultTrainer):
     detectron2's loop: multi-process training on CPU (gloo) as on GPUs, a
     training stream that resumes exactly (:mod:`voting_det.data.sampler`; with
     ``SEED >= 0``, each iteration also seeded), checkpoints that are written
-    atomically and read without running code (:mod:`.checkpoint`), and a stop
-    at a non-finite loss that names the term.
+    atomically and read without running code (:mod:`.checkpoint`). A
+    non-finite loss stops training before the optimizer step, as in every
+    detectron2 trainer (``FloatingPointError`` naming the iteration and the
+    losses).
     """
 
     def __init__(self, cfg):
         with _ddp_on_cpu():
             super().__init__(cfg)
-        _check_finite_losses(self._trainer)
 
     def build_hooks(self):
         old = self.checkpointer
@@ -226,9 +206,13 @@ class Trainer(DefaultTrainer):
         return maybe_add_gradient_clipping(cfg, optimizer)
 
     def resume_or_load(self, resume=True):
-        """detectron2's resume/load, then the k-means initialisation of the
+        """The pretrained backbones (``MODEL.*.PRETRAINED_BACKBONE``) unless a
+        checkpoint is resumed, detectron2's resume/load, then the k-means initialisation of the
         semantic templates when ``MODEL.VOTING.TEMPLATE_INIT`` is ``"kmeans"``
         and training starts from scratch (no checkpoint, no MODEL.WEIGHTS)."""
+        if not (resume and self.checkpointer.has_checkpoint()):
+            # before MODEL.WEIGHTS, which overrides the backbones it holds
+            self.checkpointer.load_pretrained_backbones(self.cfg)
         super().resume_or_load(resume=resume)
         if self.start_iter > 0:
             # continue the training stream after the samples already consumed

@@ -12,6 +12,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.modeling.backbone import Backbone, build_resnet_backbone
 from torch import Tensor, nn
 
+from ..config import refuse_untrusted_weights
 from .roi_heads import CONTEXT_FEATURES, TRACE_PREFIX
 from .voting_level import VotingLevel
 
@@ -84,6 +85,9 @@ class VotingRCNN(GeneralizedRCNN):
 
     @classmethod
     def from_config(cls, cfg):
+        # detectron2 builds the model before it reads MODEL.WEIGHTS (DefaultPredictor,
+        # DefaultTrainer): an untrusted pickle is refused before any byte is read
+        refuse_untrusted_weights(cfg.MODEL.WEIGHTS, cfg.MODEL.CHECKPOINT.TRUST_PICKLE)
         ret = super().from_config(cfg)
         c = cfg.MODEL.CONTEXT
         context_backbone = None
