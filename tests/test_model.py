@@ -226,3 +226,40 @@ def test_test_mu_evaluates_one_branch_alone(test_mu, branch):
     assert float(model.roi_heads.mu.detach()) == test_mu
     model.train()
     assert float(model.roi_heads.mu.detach()) == pytest.approx(float(torch.sigmoid(torch.tensor(0.3))))  # training uses the learned one
+
+
+def test_the_meta_architecture_calls_the_roi_head_once_and_it_logs_each_level():
+    """VotingRCNN computes features and proposals and calls roi_heads.forward
+    once, in training (its losses are the model's non-RPN losses) and in
+    inference (its Instances are the detections); the head logs per level the
+    foreground count (checked against the labels it returns), the accuracy and
+    the temperature, and mu."""
+    torch.manual_seed(0)
+    model = build_model(small_cfg("nt_voting.yaml"))
+    calls = []
+    model.roi_heads.register_forward_hook(lambda module, args, output: calls.append((module.training, output)))
+    model.train()
+    with EventStorage() as storage:
+        losses = model(batch(with_negative=False))
+    assert [training for training, _ in calls] == [True]
+    proposals, head_losses = calls[0][1]
+    assert set(losses) == RPN_KEYS | set(head_losses)
+    assert all(torch.equal(losses[k], v) for k, v in head_losses.items())
+    scalars = {k: v[0] for k, v in storage.latest().items()}
+    num_fg = sum(int((p.gt_classes == 0).sum()) for p in proposals)
+    assert num_fg > 0 and scalars["voting_res4/num_fg_samples"] == num_fg
+    for key in ("voting_res3/num_fg_samples", "voting_res4/cls_accuracy", "voting_res3/cls_accuracy",
+                "voting_res4/temperature", "voting_res3/temperature", "voting/mu", "fast_rcnn/cls_accuracy"):
+        assert key in scalars, key
+    assert scalars["voting/mu"] == pytest.approx(float(torch.sigmoid(model.roi_heads.fusion_logit)))
+    assert 0.0 <= scalars["voting_res4/cls_accuracy"] <= 1.0
+
+    calls.clear()
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": x["image"]} for x in batch()])
+    assert [training for training, _ in calls] == [False]
+    head_instances, extra = calls[0][1]
+    assert extra == {}
+    for result, inst in zip(out, head_instances):
+        assert torch.equal(result["instances"].scores, inst.scores)

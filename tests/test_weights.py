@@ -303,3 +303,23 @@ def test_context_backbone_starts_as_a_copy_of_a_stage1_local_backbone_only_when_
 
     with pytest.raises(ValueError, match="MODEL.CONTEXT.INIT_FROM_LOCAL"):
         _voting_model("MODEL.CONTEXT.INIT_FROM_LOCAL", "True", "MODEL.CONTEXT.PRETRAINED_BACKBONE", lcf_path)
+
+
+def test_checkpoints_of_the_earlier_layout_load_with_their_names_converted(tmp_path):
+    """A Proposed checkpoint written before the ROI head owned the context head
+    and mu (names as tests/test_golden.py's recorded layout) loads into today's
+    model, every tensor in its place."""
+    from tests.test_golden import recorded_name
+    from voting_det.engine.checkpoint import SafeCheckpointer
+
+    torch.manual_seed(4)
+    cfg, source = _voting_model()
+    old = {recorded_name(k): v for k, v in source.state_dict().items()}
+    assert "fusion_logit" in old and "context_head.cls_score.weight" in old and "roi_heads.stages.0.fc.1.weight" in old
+    path = str(tmp_path / "old_layout.pth")
+    torch.save({"model": old}, path)
+    torch.manual_seed(5)
+    _, target = _voting_model()
+    SafeCheckpointer.from_config(cfg, target).load(path)
+    for name, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[name], value), name
