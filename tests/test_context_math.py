@@ -1,4 +1,4 @@
-"""Context-branch geometry (METHOD.md 3, Eq. 4 and Eq. 5) against hand-computed
+"""Context-branch geometry (docs/method.md section 3, Eq. 4 and Eq. 5) against hand-computed
 boxes and torchvision's ROIAlign."""
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The NT metrics (METHOD.md section 5) against hand-computed cases and
+"""The NT metrics (docs/method.md section 5) against hand-computed cases and
 independent references (sklearn's roc_auc_score, pairwise counting)."""
 import json
 import os

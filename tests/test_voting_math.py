@@ -1,4 +1,4 @@
-"""The primitive module's math (METHOD.md 2, Eq. 2 and Eq. 3) against hand-computed
+"""The primitive module's math (docs/method.md section 2, Eq. 2 and Eq. 3) against hand-computed
 cases and independent references (scipy.signal, numpy, torchvision's ROIAlign)."""
 import math
 

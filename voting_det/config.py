@@ -122,7 +122,7 @@ def _add_checkpoint_config(cfg: CN) -> None:
 
 
 def _add_eval_config(cfg: CN) -> None:
-    # voting_det.evaluation.NTEvaluator (METHOD.md section 5), used for every config.
+    # voting_det.evaluation.NTEvaluator (docs/method.md section 5), used for every config.
     cfg.TEST.NT_EVAL = CN()
     # Detections per image pooled in the paper-style AUC / SEN / SPE.
     cfg.TEST.NT_EVAL.TOP_N = 10

@@ -1,4 +1,4 @@
-"""The paper's two-stage protocol (METHOD.md section 4) as one call:
+"""The paper's two-stage protocol (docs/method.md section 4) as one call:
 stage 1 trains the local branch alone (LCF), stage 2 starts from it and trains
 the whole network (Proposed), the local branch fine-tuned. The two stages share
 one iteration budget, so Proposed gets what a baseline's single schedule gets."""
@@ -6,11 +6,11 @@ import logging
 import os
 from typing import Dict, Sequence, Tuple
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
-from ..config import add_voting_config, merge_config_file, resolve_device
+from ..config import setup_cfg
 from .run_folder import final_weights_written, refuse_other_run
 from .trainer import Trainer
 
@@ -44,14 +44,7 @@ def stage_configs(
     """The frozen configs of both stages. ``opts`` apply to both (e.g. the data
     sets of a fold); the total ``SOLVER.MAX_ITER`` / ``STEPS`` after them is
     split by :func:`split_schedule`. Stage 2 loads stage 1's final weights."""
-    cfgs = []
-    for path in (lcf_config, voting_config):
-        cfg = get_cfg()
-        add_voting_config(cfg)
-        merge_config_file(cfg, path)
-        cfg.merge_from_list(list(opts))
-        resolve_device(cfg)
-        cfgs.append(cfg)
+    cfgs = [setup_cfg(path, opts, freeze=False) for path in (lcf_config, voting_config)]
     (it1, st1), (it2, st2) = split_schedule(cfgs[0].SOLVER.MAX_ITER, cfgs[0].SOLVER.STEPS, stage1_fraction)
     for cfg, iters, steps, name in ((cfgs[0], it1, st1, "stage1_lcf"), (cfgs[1], it2, st2, "stage2_voting")):
         cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS = iters, steps

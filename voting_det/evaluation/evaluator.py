@@ -1,5 +1,5 @@
 """``NTEvaluator``: detectron2 ``DatasetEvaluator`` computing the NT metrics of
-METHOD.md section 5 (:mod:`voting_det.evaluation.metrics`) for any model whose
+docs/method.md section 5 (:mod:`voting_det.evaluation.metrics`) for any model whose
 outputs are detectron2 ``Instances``: voting_det's and detectron2's own.
 
 It gathers the detections of all processes (detectron2's ``comm.gather``),
@@ -44,7 +44,7 @@ class SettingsMismatchError(ValueError):
 
 
 def test_settings(cfg, top_n: int = 10, iou: float = 0.5) -> Dict[str, object]:
-    """The test settings every compared run must share (METHOD.md section 5)."""
+    """The test settings every compared run must share (docs/method.md section 5)."""
     settings = {
         "INPUT.MIN_SIZE_TEST": cfg.INPUT.MIN_SIZE_TEST,
         "INPUT.MAX_SIZE_TEST": cfg.INPUT.MAX_SIZE_TEST,
@@ -72,7 +72,7 @@ def check_same_settings(runs: Dict[str, dict]) -> dict:
                 problems.append(f"{key}: {ref.get(key)!r} in {ref_name} but {settings.get(key)!r} in {name}")
     if problems:
         raise SettingsMismatchError(
-            "runs evaluated with different test settings cannot be tabulated together (METHOD.md section 5); "
+            "runs evaluated with different test settings cannot be tabulated together (docs/method.md section 5); "
             "re-evaluate them with the same settings:\n  " + "\n  ".join(problems)
         )
     return ref

@@ -1,4 +1,4 @@
-"""The NT localisation metrics of METHOD.md section 5, as pure numpy functions
+"""The NT localisation metrics of docs/method.md section 5, as pure numpy functions
 over per-image records, so that they can be recomputed (bootstrap, paired
 differences, tables) from the detection files an evaluation writes.
 
@@ -59,7 +59,7 @@ __all__ = [
     "summarise",
 ]
 
-# false positives per image at which FROC sensitivities are read (METHOD.md)
+# false positives per image at which FROC sensitivities are read (docs/method.md section 5)
 FROC_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 

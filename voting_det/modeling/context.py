@@ -1,4 +1,4 @@
-"""Geometry of the context branch (METHOD.md section 3, paper Eq. 4 and Eq. 5).
+"""Geometry of the context branch (docs/method.md section 3, paper Eq. 4 and Eq. 5).
 
 Pure, batched functions: the fixed layout of the O context boxes around a
 proposal, their union box, the deformable translation of Eq. 4, and a bilinear
@@ -93,7 +93,7 @@ def context_layout(num_boxes: int, custom: Optional[Sequence[Sequence[float]]] =
 
 
 def place_context_boxes(centres: Tensor, image_size: Tuple[int, int], layout: Tensor) -> Tensor:
-    """The context boxes x_o around each proposal centre (METHOD.md 3).
+    """The context boxes x_o around each proposal centre (docs/method.md section 3).
 
     Box o of proposal r has its centre at ``centre_r + (dx_o W, dy_o H)`` and
     size ``(w_o W, h_o H)``. Boxes are NOT clipped to the image: clipping would

@@ -69,7 +69,7 @@ def image_to_grid(points: Tensor, crop_boxes: Tensor, grid_size: Tuple[int, int]
 
 def enlarge_boxes(boxes: Tensor, context_w: float, context_h: float) -> Tensor:
     """Scale XYXY boxes about their centres by ``context_w`` in width and
-    ``context_h`` in height (the crop of METHOD.md 2, step 1, e.g. 1.5 x 3).
+    ``context_h`` in height (the crop of docs/method.md section 2, step 1, e.g. 1.5 x 3).
     ``boxes``: ``(R, 4)`` -> ``(R, 4)``."""
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
     half = (boxes[:, 2:] - boxes[:, :2]) / 2 * boxes.new_tensor([context_w, context_h])

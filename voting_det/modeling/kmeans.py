@@ -39,7 +39,7 @@ def kmeans_semantic_templates(
     eps: float = DEFAULT_EPS,
 ) -> Tensor:
     """Spherical k-means of ROI feature vectors, the optional initialisation of
-    the semantic templates (compositional-voting practice, METHOD.md 2).
+    the semantic templates (compositional-voting practice, docs/method.md section 2).
 
     Cosine similarity, seeded k-means++ start, ``iterations`` Lloyd steps; a
     cluster left empty is restarted at the point worst served by its centre.

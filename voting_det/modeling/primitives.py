@@ -37,9 +37,9 @@ SPATIAL_TEMPLATE_INIT_SIGMA_FRACTION = 0.5
 
 class PrimitiveVoting(nn.Module):
     """The primitive module's parameters and its forward at one level
-    (METHOD.md 2, steps 1-4; the crop itself is done by the caller).
+    (docs/method.md section 2, steps 1-4; the crop itself is done by the caller).
 
-    Parameters (none should get weight decay, METHOD.md 2 "Losses"):
+    Parameters (none should get weight decay, docs/method.md section 2 "Losses"):
 
     - ``semantic_templates`` ``(K, C)``: random unit vectors drawn from torch's
       global RNG (seed it for reproducibility), or k-means of ROI features via

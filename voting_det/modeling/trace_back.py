@@ -50,7 +50,7 @@ def _contributions_at(Rs: Tensor, D: Tensor, weights: Tensor, operator: Optional
 
 def contributions(Rs: Tensor, D: Tensor, centre_index: Tensor, operator: Optional[Tensor] = None) -> Tensor:
     """Each primitive's vote at the predicted cell, ``c_k = (Rs_k (*) D_k)(x_hat) / K``
-    (METHOD.md 2, trace-back): an exact decomposition, ``sum_k c_k = Phi(x_hat)``.
+    (docs/method.md section 2, trace-back): an exact decomposition, ``sum_k c_k = Phi(x_hat)``.
 
     Args:
         Rs: ``(R, K, M, N)`` response maps.

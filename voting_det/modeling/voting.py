@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 
-# Guards the L2 norms of gamma_i and v_k and the std of Phi (METHOD.md 2.1, 2.4).
+# Guards the L2 norms of gamma_i and v_k and the std of Phi (docs/method.md section 2, steps 1 and 4).
 DEFAULT_EPS = 1e-6
 
 
@@ -79,7 +79,7 @@ def unit_vectors(x: Tensor, dim: int, eps: float) -> Tensor:
 
 
 def normalize_features(gamma: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
-    """L2-normalise every C-vector gamma_i of a crop (METHOD.md 2, step 1).
+    """L2-normalise every C-vector gamma_i of a crop (docs/method.md section 2, step 1).
 
     Args:
         gamma: ``(R, C, M, N)`` ROIAligned features.
@@ -94,7 +94,7 @@ def normalize_features(gamma: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
 
 def semantic_templates(v: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     """The semantic templates v_k renormalised to unit length (done in every
-    forward, METHOD.md 2, step 2). ``v``: ``(K, C)`` -> ``(K, C)``."""
+    forward, docs/method.md section 2, step 2). ``v``: ``(K, C)`` -> ``(K, C)``."""
     return unit_vectors(v, dim=1, eps=eps)
 
 
@@ -136,7 +136,7 @@ def mask_primitives(Rs: Tensor, primitive_mask: Tensor) -> Tensor:
 def spatial_templates(logits: Tensor) -> Tensor:
     """Spatial templates D_k: a softmax over each template's whole support, so
     every D_k is non-negative with unit mass and no displacement is dead
-    (METHOD.md 2, step 3). ``logits``: ``(K, Hd, Wd)`` -> ``(K, Hd, Wd)``."""
+    (docs/method.md section 2, step 3). ``logits``: ``(K, Hd, Wd)`` -> ``(K, Hd, Wd)``."""
     num_templates = logits.shape[0]
     return torch.softmax(logits.reshape(num_templates, -1), dim=1).reshape(logits.shape)
 
@@ -232,7 +232,7 @@ def temperature(
     t_min: float = DEFAULT_LOG_TEMPERATURE_RANGE[0],
     t_max: float = DEFAULT_LOG_TEMPERATURE_RANGE[1],
 ) -> Tensor:
-    """The softmax temperature ``T = exp(clamp(t, t_min, t_max))`` (METHOD.md 2, step 4)."""
+    """The softmax temperature ``T = exp(clamp(t, t_min, t_max))`` (docs/method.md section 2, step 4)."""
     return torch.exp(log_temperature.clamp(t_min, t_max))
 
 
@@ -243,7 +243,7 @@ def soft_argmax(
     t_max: float = DEFAULT_LOG_TEMPERATURE_RANGE[1],
     eps: float = DEFAULT_EPS,
 ) -> Tuple[Tensor, Tensor]:
-    """Location from the vote heatmap (METHOD.md 2, step 4).
+    """Location from the vote heatmap (docs/method.md section 2, step 4).
 
     ``p = softmax(((Phi - mean Phi) / (std Phi + eps)) / T)`` over each
     proposal's grid (population std), ``T`` from :func:`temperature`. Without
