@@ -2,6 +2,7 @@
 three tools) on crafted inputs and a tiny untrained model: the trace against
 hand computation, JSON round trip, the intervention of the deletion test,
 panels, atlas and faithfulness outputs, errors that name what to fix."""
+import dataclasses
 import importlib.util
 import json
 import math
@@ -31,8 +32,8 @@ from voting_det.interpretation.faithfulness import (
     deletion_test,
     synthetic_with_new_speckle,
 )
-from voting_det.modeling.local_head import VotingStage
-from voting_det.modeling.voting import enlarge_boxes, mask_primitives, trace_back
+from voting_det.modeling import VotingLevel
+from voting_det.modeling import enlarge_boxes, mask_primitives, trace_back
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "configs")
@@ -94,12 +95,12 @@ def test_image(tiny_nt_set):
 # ------------------------------------------------------------------ the trace against hand computation
 
 
-def hand_stage():
-    """A one-primitive stage on a 3 x 4 grid whose crop reads a crafted feature
+def hand_level():
+    """A one-primitive level on a 3 x 4 grid whose crop reads a crafted feature
     map cell for cell, with the voting unit tests' hand case: Rs = 1.0 at
     (1, 0) and 0.5 at (1, 3); D_k = 0.25 at the centre, 0.75 one cell right."""
-    stage = VotingStage(
-        in_channels=2, stride=1, num_classes=1, num_primitives=1, grid_size=(3, 4), spatial_template_size=(3, 3),
+    stage = VotingLevel(
+        name="res4", in_channels=2, stride=1, num_classes=1, num_primitives=1, grid_size=(3, 4), spatial_template_size=(3, 3),
         crop_context=(1.0, 1.0), pooler_type="ROIAlignV2", sampling_ratio=0, log_temperature_init=0.0,
         log_temperature_range=(-3.0, 3.0), learn_temperature=False, fc_dims=[],
     )
@@ -116,12 +117,12 @@ def hand_stage():
 
 
 def test_stage_trace_matches_hand_computation():
-    stage, feature, D = hand_stage()
+    stage, feature, D = hand_level()
     out = stage(feature, [Boxes(torch.tensor([[0.0, 0.0, 4.0, 3.0]]))])
     trace = stage.trace(out, top=1)
     expected_rs = torch.zeros(3, 4)
     expected_rs[1, 0], expected_rs[1, 3] = 1.0, 0.5
-    assert torch.allclose(out["response_maps"][0, 0], expected_rs, atol=1e-6)
+    assert torch.allclose(out.response_maps[0, 0], expected_rs, atol=1e-6)
     expected_phi = torch.zeros(3, 4)
     expected_phi[1, 0], expected_phi[1, 1], expected_phi[1, 3] = 0.25, 0.75, 0.125
     assert torch.allclose(trace["vote_heatmap"][0], expected_phi, atol=1e-6)
@@ -158,19 +159,19 @@ def test_stage_trace_matches_hand_computation():
 
 
 def test_deleting_a_primitive_zeroes_its_vote_and_all_deleted_gives_no_nan():
-    stage, feature, _ = hand_stage()
+    stage, feature, _ = hand_level()
     boxes = [Boxes(torch.tensor([[0.0, 0.0, 4.0, 3.0]] * 2))]
     out = stage(feature, boxes, primitive_mask=torch.tensor([[1.0], [0.0]]))
-    assert out["response_maps"][0].sum() > 0 and out["response_maps"][1].sum() == 0
-    assert out["vote_heatmap"][1].abs().sum() == 0
-    assert all(torch.isfinite(v).all() for v in out.values())
+    assert out.response_maps[0].sum() > 0 and out.response_maps[1].sum() == 0
+    assert out.vote_heatmap[1].abs().sum() == 0
+    assert all(torch.isfinite(v).all() for v in vars(out).values())
     # with every response gone, p is uniform and the centre is the crop centre
-    assert out["centres"][1].tolist() == pytest.approx([2.0, 1.5], abs=1e-5)
+    assert out.centres[1].tolist() == pytest.approx([2.0, 1.5], abs=1e-5)
     trace = stage.trace(out, top=1)
     assert all(torch.isfinite(v).all() for v in trace.values())
     assert trace["alpha"][1, 0] == 0 and trace["contributions"][1, 0] == 0
     with pytest.raises(ValueError, match=r"\(K,\) = \(1,\)"):
-        mask_primitives(out["response_maps"], torch.ones(3))
+        mask_primitives(out.response_maps, torch.ones(3))
 
 
 # ------------------------------------------------------------------ the trace mode of the whole model
@@ -225,7 +226,7 @@ def test_json_trace_round_trips_and_matches_the_instances(explainer, test_image)
     image = load_image(test_image["file_name"])
     explanation = explainer(image[:, :, 0])  # a grey 2-D array works too
     trace = image_trace(explanation, explainer.levels, file="x.png", max_detections=2, class_names=["NT"],
-                        options=explainer.model.explain_options)
+                        options=explainer.model.roi_heads.explain_options)
     text = json.dumps(trace, allow_nan=False)
     assert json.loads(text) == trace
     det = trace["detections"][0]
@@ -250,20 +251,20 @@ def test_intervention_equals_the_models_own_forward_with_the_mask(explainer, tes
     masks = {"res4": deleted, "res3": torch.tensor([0.0, 1.0, 1.0, 1.0])}
     batched = intervention.run({lvl: m[None] for lvl, m in masks.items()})
     with torch.no_grad():
-        stages = model.roi_heads.run_stages(explanation.features, [explanation.proposals], primitive_masks=masks)
+        levels, _ = model.roi_heads.run_levels(explanation.features, [explanation.proposals], primitive_masks=masks)
     sx, sy = explanation.scale
-    full = stages[-1]["pred_boxes"][intervention.proposal_index] * torch.tensor([sx, sy, sx, sy])
+    full = levels[-1].pred_boxes[intervention.proposal_index] * torch.tensor([sx, sy, sx, sy])
     assert torch.allclose(batched["local_boxes"][0], full, atol=1e-3)
     assert not torch.allclose(batched["local_boxes"][0], intervention.baseline["local_boxes"], atol=1e-3)
     # the fused box moves by exactly mu times the local box's move
     move = batched["boxes"][0] - intervention.baseline["boxes"]
     assert torch.allclose(move, intervention.mu * (batched["local_boxes"][0] - intervention.baseline["local_boxes"]),
                           atol=1e-3)
-    # the model's own inference takes the same masks; all deleted gives finite outputs
+    # all deleted gives finite outputs at every level, for every proposal
     with torch.no_grad():
-        inputs = [{"image": torch.as_tensor(cv2.resize(image, explanation.input_size[::-1]).transpose(2, 0, 1))}]
-        out = model.inference(inputs, primitive_masks={"res4": torch.zeros(K), "res3": torch.zeros(K)})
-    assert all(torch.isfinite(v).all() for v in out[0]["instances"].get_fields().values() if torch.is_tensor(v))
+        levels, _ = model.roi_heads.run_levels(explanation.features, [explanation.proposals],
+                                               primitive_masks={"res4": torch.zeros(K), "res3": torch.zeros(K)})
+    assert all(torch.isfinite(getattr(out, f.name)).all() for out in levels for f in dataclasses.fields(out))
 
 
 def test_deletion_test_curves(explainer, test_image):
@@ -355,7 +356,7 @@ def test_panel_of_a_model_without_context_branch(tiny_nt_set, test_image):
     cfg = tiny_cfg(**{"MODEL.CONTEXT.ENABLED": False, "MODEL.VOTING.LEVELS": ["res4"]})
     explainer = Explainer(cfg, top_primitives=1)
     image = load_image(test_image["file_name"])
-    trace = image_trace(explainer(image), explainer.levels, options=explainer.model.explain_options)
+    trace = image_trace(explainer(image), explainer.levels, options=explainer.model.roi_heads.explain_options)
     assert trace["detections"][0]["global"] is None and trace["detections"][0]["mu"] is None
     fig = render_panel(image, trace)
     assert len(fig.axes) > 8

@@ -36,18 +36,10 @@ from voting_det.interpretation.explain import common_root, explain_images, outpu
 DEMO_NUM_IMAGES = 240
 DEMO_SEED = 0
 DEMO_SIZE = (576, 768)
-# Short CPU schedule at reduced resolution (the full one is in configs/Base-NT-Common.yaml).
-DEMO_OPTS = [
-    "SOLVER.MAX_ITER", "260",
-    "SOLVER.STEPS", "(210,)",
-    "SOLVER.BASE_LR", "0.0005",
-    "SOLVER.WARMUP_ITERS", "20",
-    "SOLVER.CHECKPOINT_PERIOD", "100",
-    "INPUT.MIN_SIZE_TRAIN", "(288,)",
-    "INPUT.MIN_SIZE_TEST", "288",
-    "MODEL.VOTING.NUM_PRIMITIVES", "64",
-    "DATALOADER.NUM_WORKERS", "1",
-]
+# The two stages' configs: the models of configs/nt_lcf.yaml and nt_voting.yaml
+# on the short CPU schedule at reduced resolution of configs/Base-Demo-Schedule.yaml
+# (the full schedule is in configs/Base-NT-Common.yaml).
+DEMO_CONFIGS = ("configs/nt_lcf_demo.yaml", "configs/nt_voting_demo.yaml")
 NUM_DRAWN = 4
 # Test images explained with trace-back panels (about 10 s each on a CPU).
 NUM_EXPLAINED = 2
@@ -132,8 +124,8 @@ def main():
     make_data(args)
 
     print("[demo] 3/6 training Proposed on fold 0: stage 1 LCF, then stage 2 the whole network")
-    opts = ["DATASETS.TRAIN", "('nt_fold0_train',)", "DATASETS.TEST", "('nt_fold0_test',)"] + DEMO_OPTS + list(args.opts)
-    stage1, stage2 = stage_configs("configs/nt_lcf.yaml", "configs/nt_voting.yaml", args.output_dir, opts)
+    opts = ["DATASETS.TRAIN", "('nt_fold0_train',)", "DATASETS.TEST", "('nt_fold0_test',)"] + list(args.opts)
+    stage1, stage2 = stage_configs(*DEMO_CONFIGS, args.output_dir, opts)
     results = train_two_stage(stage1, stage2)
 
     print("[demo] 4/6 evaluation on the held-out test fold (nt_fold0_test)")

@@ -2,7 +2,7 @@
 
 Pure functions on plain lists and arrays (no file system), used by the
 converter (:mod:`voting_det.data.fetus_framework`) to build the three-fold
-protocol of METHOD.md section 5:
+protocol of docs/method.md section 5:
 
 - :func:`phash` computes a 64-bit perceptual hash of a grey image;
 - :func:`group_near_duplicates` joins images whose hashes differ in at most

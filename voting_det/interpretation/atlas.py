@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from tqdm import tqdm
 
-from ..modeling.meta_arch import TRACE_PREFIX
+from ..modeling import TRACE_PREFIX
 from .trace import Explainer, check_new_paths, gt_boxes, load_image, save_json, to_jsonable
 
 __all__ = [
@@ -41,7 +41,7 @@ __all__ = [
 INDEX_FILENAME = "index.html"
 SUMMARY_FILENAME = "summary.png"
 DATA_FILENAME = "atlas.json"
-# A top detection is correct when its IoU with a ground-truth box exceeds this (METHOD.md 5).
+# A top detection is correct when its IoU with a ground-truth box exceeds this (docs/method.md section 5).
 CORRECT_IOU = 0.5
 # Patches per primitive page and on the summary page; primitives on the summary page per level.
 DEFAULT_PATCHES = 8
@@ -90,7 +90,7 @@ def collect_atlas(explainer: Explainer, records: Sequence[Dict], progress: bool 
     ``cell_size`` (image px per cell) per image; ``templates`` (D_k of all K).
     """
     levels = explainer.levels
-    stages = dict(zip(levels, explainer.model.roi_heads.stages))
+    stages = dict(zip(levels, explainer.model.roi_heads.levels))
     data = {
         "levels": levels,
         "num_primitives": explainer.num_primitives,

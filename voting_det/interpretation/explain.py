@@ -5,11 +5,11 @@ import logging
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from tqdm import tqdm
 
-from ..config import add_voting_config, merge_config_file, resolve_device
+from ..config import setup_cfg as build_cfg
 from ..inference import list_images
 from .panel import render_panel
 from .trace import Explainer, check_new_paths, gt_boxes, image_trace, load_image, save_json
@@ -31,20 +31,14 @@ DEFAULT_DETECTIONS = 3
 
 
 def setup_cfg(config_file: str, opts: Sequence[str] = (), top: Optional[int] = None) -> CfgNode:
-    """get_cfg + voting_det's keys + the file + ``KEY VALUE`` overrides, on the
-    CPU when there is no CUDA; frozen. ``top`` sets ``MODEL.EXPLAIN.TOP_PRIMITIVES``."""
+    """:func:`voting_det.config.setup_cfg` of the file and the ``KEY VALUE``
+    overrides (frozen), after checking that the file exists. ``top`` sets
+    ``MODEL.EXPLAIN.TOP_PRIMITIVES``."""
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"--config-file {config_file}: not found; give the config.yaml next to the model "
                                 "(e.g. output/demo/stage2_voting/config.yaml)")
-    cfg = get_cfg()
-    add_voting_config(cfg)
-    merge_config_file(cfg, config_file)
-    cfg.merge_from_list(list(opts))
-    if top is not None:
-        cfg.MODEL.EXPLAIN.TOP_PRIMITIVES = top
-    resolve_device(cfg)
-    cfg.freeze()
-    return cfg
+    top_opts = () if top is None else ("MODEL.EXPLAIN.TOP_PRIMITIVES", str(top))
+    return build_cfg(config_file, list(opts) + list(top_opts))
 
 
 def dataset_records(name: str, num_images: Optional[int] = None) -> List[Dict]:
@@ -95,7 +89,7 @@ def explain_images(
     if len(set(stems)) != len(stems):
         raise ValueError("two inputs map to the same output name (same path without extension); rename one")
     check_new_paths([s + ext for s in stems for ext in (".png", ".json")], overwrite)
-    options = dict(explainer.model.explain_options)
+    options = dict(explainer.model.roi_heads.explain_options)
     written = []
     for record, stem in tqdm(list(zip(records, stems)), desc="explain", unit="image",
                              disable=not progress or len(records) < 2):

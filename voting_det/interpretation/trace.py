@@ -3,7 +3,7 @@ like detectron2's ``DefaultPredictor``, and its JSON form.
 
 :class:`Explainer` builds the model with ``MODEL.EXPLAIN.ENABLED`` (every
 detection then carries its trace as ``trace_<level>_<name>`` fields, see
-:meth:`voting_det.modeling.VotingStage.trace`), runs it on a BGR image of any
+:meth:`voting_det.modeling.VotingLevel.trace`), runs it on a BGR image of any
 size exactly as ``DefaultPredictor`` does, and also keeps the backbone features
 and the proposals of that run, so the deletion test can intervene on the local
 branch without recomputing them (:mod:`voting_det.interpretation.faithfulness`).
@@ -24,7 +24,8 @@ from detectron2.config import CfgNode
 from detectron2.engine import DefaultPredictor
 from detectron2.structures import BoxMode, Instances
 
-from ..modeling.meta_arch import TRACE_PREFIX
+from ..data.image_io import read_scan
+from ..modeling import TRACE_PREFIX
 
 __all__ = [
     "TRACE_FORMAT",
@@ -50,11 +51,7 @@ VOTING_META_ARCHITECTURE = "VotingRCNN"
 def load_image(path: str) -> np.ndarray:
     """An image file as detectron2's loaders give it: ``(H, W, 3)`` uint8 BGR
     (grey replicated, 16-bit reduced to 8-bit, alpha dropped)."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{path}: not an image OpenCV can read (missing, corrupt, or an unknown format); "
-                         "check the file, or leave it out of the input")
-    return image
+    return read_scan(path)  # ImageReadError (a ValueError) naming the file when it cannot be read
 
 
 def as_bgr(image: np.ndarray) -> np.ndarray:
@@ -134,18 +131,18 @@ class Explainer:
         self.cfg = cfg
         self.predictor = DefaultPredictor(cfg)
         self.model = self.predictor.model
-        self.levels: List[str] = list(self.model.roi_heads.levels)
+        self.levels: List[str] = self.model.roi_heads.level_names
 
     @property
     def num_primitives(self) -> Dict[str, int]:
         """K of every level."""
-        stages = self.model.roi_heads.stages
+        stages = self.model.roi_heads.levels
         return {lvl: s.primitives.semantic_templates.shape[0] for lvl, s in zip(self.levels, stages)}
 
     @property
     def grid_sizes(self) -> Dict[str, Tuple[int, int]]:
         """``(M, N)`` of every level."""
-        return {lvl: tuple(s.grid_size) for lvl, s in zip(self.levels, self.model.roi_heads.stages)}
+        return {lvl: tuple(s.grid_size) for lvl, s in zip(self.levels, self.model.roi_heads.levels)}
 
     def __call__(self, image: np.ndarray) -> Explanation:
         """Explain the detections of one grey or BGR uint8 image, any size."""
@@ -248,7 +245,7 @@ def image_trace(
         ``proposal_box``, ``local`` / ``global`` (``box``, ``probs``), ``mu``,
         ``context_boxes`` and ``deformed_context_boxes`` (O x 4; absent parts
         ``null``), and ``levels[<level>]`` with the fields of
-        :meth:`VotingStage.trace`.
+        :meth:`VotingLevel.trace`.
     """
     instances = explanation.instances
     count = len(instances) if max_detections is None else min(len(instances), max_detections)

@@ -84,15 +84,15 @@ class ContextHead(nn.Module):
             tuple(union_resolution), (self.spatial_scale,), union_sampling_ratio, "ROIAlignV2"
         )
         u_h, u_w = union_resolution
-        self.fc_g1 = fc_head(ShapeSpec(channels=channels, height=u_h, width=u_w), fc_g1_dims)
-        self.offset_pred = nn.Linear(self.fc_g1.output_shape.channels, num_boxes * 2)
+        self.fc_g1, dim = fc_head(ShapeSpec(channels=channels, height=u_h, width=u_w), fc_g1_dims)
+        self.offset_pred = nn.Linear(dim, num_boxes * 2)
         nn.init.zeros_(self.offset_pred.weight)  # starts at the fixed layout
         nn.init.zeros_(self.offset_pred.bias)
         b_h, b_w = box_resolution
-        self.fc_g2 = fc_head(ShapeSpec(channels=num_boxes * channels, height=b_h, width=b_w), fc_g2_dims)
+        self.fc_g2, dim = fc_head(ShapeSpec(channels=num_boxes * channels, height=b_h, width=b_w), fc_g2_dims)
         # class scores and class-agnostic deltas, their init and losses: detectron2's
         self.predictor = FastRCNNOutputLayers(
-            self.fc_g2.output_shape,
+            dim,
             box2box_transform=box2box_transform,
             num_classes=num_classes,
             cls_agnostic_bbox_reg=True,

@@ -40,15 +40,17 @@ def box_deltas(reference: Tensor, boxes: Tensor) -> Tensor:
     return UNIT_BOX_TRANSFORM.get_deltas(reference, boxes)
 
 
-def fc_head(input_shape: ShapeSpec, fc_dims: Sequence[int]) -> FastRCNNConvFCHead:
+def fc_head(input_shape: ShapeSpec, fc_dims: Sequence[int]) -> Tuple[nn.Module, int]:
     """detectron2's ``FastRCNNConvFCHead`` with FC layers only (flatten, then
     Linear + ReLU per entry of ``fc_dims``), its layers initialised as
     ``nn.Linear`` does (the paper's FC layers; detectron2's box head would
-    use Xavier)."""
+    use Xavier); no entries: a flatten. Returns it and its output size."""
+    if not fc_dims:
+        return nn.Flatten(), input_shape.channels * input_shape.height * input_shape.width
     head = FastRCNNConvFCHead(input_shape, conv_dims=[], fc_dims=list(fc_dims))
     for layer in head.fcs:
         layer.reset_parameters()
-    return head
+    return head, head.output_shape.channels
 
 
 @dataclasses.dataclass
@@ -117,8 +119,7 @@ class VotingLevel(nn.Module):
             self.primitives.log_temperature.fill_(log_temperature_init)
         self.primitives.log_temperature.requires_grad_(learn_temperature)
         m, n = self.grid_size
-        self.fc = fc_head(ShapeSpec(channels=in_channels, height=m, width=n), fc_dims)
-        dim = self.fc.output_shape.channels
+        self.fc, dim = fc_head(ShapeSpec(channels=in_channels, height=m, width=n), fc_dims)
         self.cls_score = nn.Linear(dim, num_classes + 1)
         self.size_pred = nn.Linear(dim, 2)
         for layer in (self.cls_score, self.size_pred):
