@@ -21,13 +21,14 @@ import time
 
 import cv2
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
 import voting_det  # noqa: F401  (registers data sets and components)
 from voting_det.data.fetus_framework import convert_fetus_framework, format_report
+from voting_det.data.image_io import read_scan
 from voting_det.data.synthetic import generate_synthetic_nt
+from voting_det.engine import build_predictor
 from voting_det.engine.two_stage import stage_configs, train_two_stage, trained_config
 from voting_det.interpretation import Explainer
 from voting_det.interpretation.explain import common_root, explain_images, output_stem
@@ -79,11 +80,11 @@ def draw_predictions(cfg, out_dir):
     """The trained model's top-3 boxes on the first test images: the top-1 in
     red, the next two in yellow, the true NT box in green."""
     os.makedirs(out_dir, exist_ok=True)
-    predictor = DefaultPredictor(cfg)
+    predictor = build_predictor(cfg)
     name = cfg.DATASETS.TEST[0]
     paths = []
     for record in DatasetCatalog.get(name)[:NUM_DRAWN]:
-        image = cv2.imread(record["file_name"], cv2.IMREAD_COLOR)
+        image = read_scan(record["file_name"])
         instances = predictor(image)["instances"].to("cpu")[:3]
         vis = Visualizer(image[:, :, ::-1], MetadataCatalog.get(name))
         for ann in record["annotations"]:

@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.engine import DefaultPredictor
 from detectron2.structures import BoxMode, Instances
 
 from ..data.image_io import read_scan
+from ..engine.predictor import build_predictor
 from ..modeling import TRACE_PREFIX
 
 __all__ = [
@@ -129,7 +129,7 @@ class Explainer:
             cfg.MODEL.EXPLAIN.TOP_PRIMITIVES = top_primitives
         cfg.freeze()
         self.cfg = cfg
-        self.predictor = DefaultPredictor(cfg)
+        self.predictor = build_predictor(cfg)
         self.model = self.predictor.model
         self.levels: List[str] = self.model.roi_heads.level_names
 

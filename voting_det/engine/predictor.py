@@ -1,0 +1,22 @@
+"""The one way voting_det builds a predictor: detectron2's ``DefaultPredictor``
+(resizing, BGR/RGB handling, ``__call__`` on one image) whose weights are read
+by :class:`~.checkpoint.SafeCheckpointer` (no code run, mismatched shapes
+refused, earlier parameter names converted) instead of detectron2's own
+checkpointer."""
+from detectron2.engine import DefaultPredictor
+
+from .checkpoint import SafeCheckpointer
+
+__all__ = ["build_predictor"]
+
+
+def build_predictor(cfg) -> DefaultPredictor:
+    """A ``DefaultPredictor`` for ``cfg`` with ``cfg.MODEL.WEIGHTS`` loaded safely."""
+    blank = cfg.clone()
+    blank.defrost()
+    blank.MODEL.WEIGHTS = ""
+    blank.freeze()
+    predictor = DefaultPredictor(blank)
+    predictor.cfg = cfg
+    SafeCheckpointer.from_config(cfg, predictor.model).load(cfg.MODEL.WEIGHTS)
+    return predictor
