@@ -29,7 +29,9 @@ setup(
     ),
     license="Apache-2.0",
     python_requires=">=3.8",
-    packages=find_packages(exclude=("configs", "tests", "tests.*")),
+    # the method only: benchmarks/ (the runner, tables, speed and caliper tools
+    # next to their results), tests/ and tools/ stay in the checkout
+    packages=find_packages(include=("voting_det", "voting_det.*")),
     install_requires=[
         "torch>=1.13",
         "torchvision",

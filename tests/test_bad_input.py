@@ -145,6 +145,7 @@ def test_malformed_coco_files_and_bad_boxes_are_refused_naming_them(tmp_path):
         DatasetCatalog.remove("voting_det_test_empty")
 
 
+@pytest.mark.slow
 def test_unknown_and_invalid_config_keys_are_named_before_anything_runs(tmp_path):
     base = [sys.executable, os.path.join(ROOT, "tools/train_net.py"), "--config-file", os.path.join(ROOT, "configs/nt_ls.yaml"),
             "OUTPUT_DIR", str(tmp_path / "out")]
@@ -172,9 +173,9 @@ def test_weights_of_another_architecture_or_unsafe_kind_are_refused(tmp_path):
     other = build_model(small_cfg(**{"MODEL.VOTING.NUM_PRIMITIVES": 16}))
     with pytest.raises(ValueError, match=r"(?s)k8\.pth does not fit.*semantic_templates: \(8, 256\) in the file, \(16, 256\) in the model.*SKIP_MISMATCHED"):
         SafeCheckpointer(other).load(str(tmp_path / "k8.pth"))
-    before = other.roi_heads.stages[0].primitives.semantic_templates.detach().clone()
+    before = other.roi_heads.levels[0].primitives.semantic_templates.detach().clone()
     SafeCheckpointer(other, skip_mismatched=True).load(str(tmp_path / "k8.pth"))  # the rest loads
-    assert torch.equal(other.roi_heads.stages[0].primitives.semantic_templates, before)
+    assert torch.equal(other.roi_heads.levels[0].primitives.semantic_templates, before)
     assert torch.equal(other.proposal_generator.rpn_head.conv.weight, small.proposal_generator.rpn_head.conv.weight)
     # a pickle and a .pth holding an arbitrary object are refused: reading them could run code
     with open(tmp_path / "model.pkl", "wb") as f:

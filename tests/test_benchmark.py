@@ -9,10 +9,11 @@ import time
 
 import pytest
 
+from benchmarks import runner as benchmark
+from benchmarks import tables
+from benchmarks.runner import PROFILES, plan_runs, run_all, run_one
+from benchmarks.tables import caliper_flags, tabulate
 from voting_det.evaluation import SettingsMismatchError
-from voting_det.evaluation.benchmark import PROFILES, plan_runs, run_all, run_one
-from voting_det.evaluation import benchmark, tables
-from voting_det.evaluation.tables import tabulate
 
 TINY = ["INPUT.MIN_SIZE_TRAIN", "(144,)", "INPUT.MIN_SIZE_TEST", "144"]
 
@@ -22,6 +23,7 @@ def datasets_root(tiny_datasets_root):
     return tiny_datasets_root
 
 
+@pytest.mark.slow
 def test_runner_trains_evaluates_resumes_and_tabulates(datasets_root, tmp_path, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(datasets_root))
     runs = plan_runs(["ls"], [0], "smoke", str(tmp_path / "runs"), extra_opts=TINY)
@@ -124,6 +126,7 @@ def test_runner_trains_evaluates_resumes_and_tabulates(datasets_root, tmp_path, 
         tabulate(runs, num_bootstrap=5, calipers=False)
 
 
+@pytest.mark.slow
 def test_gpu_profile_runs_a_few_iterations_on_cpu(datasets_root, tmp_path, monkeypatch):
     """The gpu profile (the paper's schedule at 576) builds and trains; only
     the schedule length, batch and device are cut here."""
@@ -138,6 +141,7 @@ def test_gpu_profile_runs_a_few_iterations_on_cpu(datasets_root, tmp_path, monke
     assert run.finished()
 
 
+@pytest.mark.slow
 def test_longer_schedule_starts_from_the_lcf_rows_model(datasets_root, tmp_path, monkeypatch):
     """proposed_long: stage 1 is the same fold's LCF run (planned first, refused
     while it has not finished), then Proposed trains the whole schedule from it."""
@@ -165,6 +169,7 @@ def test_longer_schedule_starts_from_the_lcf_rows_model(datasets_root, tmp_path,
     assert drift < 0.05 * scale, (drift, scale)
 
 
+@pytest.mark.slow
 def test_a_killed_run_keeps_the_time_it_ran_for_the_manifest(tmp_path, monkeypatch):
     # the runner itself killed mid-step (as when a machine's session ends): the
     # seconds of that start are on disk, and the finished run's wall time adds
@@ -230,7 +235,7 @@ def test_unknown_method_profile_or_fold_is_refused(tmp_path):
 
 
 def test_cost_lines_read_the_speed_table_at_the_profiles_test_size(tmp_path):
-    from voting_det.evaluation.tables import cost_lines
+    from benchmarks.tables import cost_lines
 
     speed = {"commit": "abc", "machine": {"device": "cpu", "cpu": "x", "threads": 2},
              "inference": {"576x768": {"ls": {"parameters": 1e6, "time": {"median_ms": 99.0}, "ratio_to_fpn_R50": 0.5}},
@@ -244,3 +249,13 @@ def test_cost_lines_read_the_speed_table_at_the_profiles_test_size(tmp_path):
     assert cost_lines([("ls", "LS")], PROFILES["gpu"], str(path))[-1] == "| LS | 1.0 M | n/a | 99 | 0.50 |"
     assert cost_lines([("ls", "LS")], PROFILES["smoke"], str(path)) == []  # no 160-high size
     assert cost_lines([("ls", "LS")], PROFILES["cpu"], str(tmp_path / "missing.json")) == []
+
+
+def test_caliper_flags_come_from_the_cache_when_the_set_is_not_converted_here(tmp_path):
+    """`make tables` on a machine without the converted real set: the flags
+    committed beside the archived runs are used; without them, none."""
+    dataset = "voting_det_test_unconverted"  # registered nowhere: no json_file
+    assert caliper_flags(dataset, str(tmp_path)) == {}
+    flags = {"/data/a.png": True, "/data/b.png": False}
+    (tmp_path / f"calipers_{dataset}.json").write_text(json.dumps(flags))
+    assert caliper_flags(dataset, str(tmp_path)) == flags

@@ -1,4 +1,4 @@
-"""The caliper flag (voting_det.data.calipers) and tools/flag_calipers.py, on
+"""The caliper flag (benchmarks.calipers) and tools/flag_calipers.py, on
 synthetic images only (the real data is not on a user's machine).
 
 The images mimic what the real screens show: a speckled grey background with a
@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from voting_det.data.calipers import (
+from benchmarks.calipers import (
     COLOUR_THRESHOLD,
     OUTLINE_THRESHOLD,
     PLUS_THRESHOLD,

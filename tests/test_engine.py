@@ -54,13 +54,13 @@ def test_trained_config_predicts_with_the_stage_own_final_model(tmp_path):
     torch.manual_seed(0)
     model = build_model(stage2)
     with torch.no_grad():
-        model.fusion_logit.fill_(1.25)  # what stage 2 learned, in its own final model
+        model.roi_heads.fusion_logit.fill_(1.25)  # what stage 2 learned, in its own final model
     os.makedirs(stage2.OUTPUT_DIR)
     DetectionCheckpointer(model, save_dir=stage2.OUTPUT_DIR).save("model_final")
     trained = trained_config(stage2)
     assert trained.is_frozen() and stage2.MODEL.WEIGHTS != trained.MODEL.WEIGHTS
     assert trained.MODEL.WEIGHTS == os.path.join(stage2.OUTPUT_DIR, "model_final.pth")
-    assert float(DefaultPredictor(trained).model.fusion_logit) == 1.25
+    assert float(DefaultPredictor(trained).model.roi_heads.fusion_logit) == 1.25
 
 
 def test_resuming_into_a_folder_of_another_run_is_refused(tmp_path):
@@ -127,7 +127,7 @@ def test_default_predictor_on_a_saved_checkpoint_any_size(tmp_path):
     cfg.INPUT.MIN_SIZE_TEST = 160
     cfg.INPUT.MAX_SIZE_TEST = 400
     predictor = DefaultPredictor(cfg)
-    assert torch.equal(predictor.model.fusion_logit, model.fusion_logit)
+    assert torch.equal(predictor.model.roi_heads.fusion_logit, model.roi_heads.fusion_logit)
     rng = np.random.default_rng(0)
     grey = rng.integers(0, 255, size=(171, 333), dtype=np.uint8)
     image = np.repeat(grey[:, :, None], 3, axis=2)  # a grey scan as cv2.imread returns it
@@ -148,8 +148,8 @@ def test_optimizer_groups_give_the_paper_parameters_no_decay_and_their_factor():
     assert isinstance(optimizer, torch.optim.Adam)
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     names = dict(model.named_parameters())
-    for name in ("fusion_logit", "roi_heads.stages.0.primitives.semantic_templates",
-                 "roi_heads.stages.1.primitives.spatial_template_logits", "roi_heads.stages.0.primitives.log_temperature"):
+    for name in ("roi_heads.fusion_logit", "roi_heads.levels.0.primitives.semantic_templates",
+                 "roi_heads.levels.1.primitives.spatial_template_logits", "roi_heads.levels.0.primitives.log_temperature"):
         group = group_of[id(names[name])]
         assert group["weight_decay"] == 0.0 and group["lr"] == pytest.approx(1e-2), name
     conv = group_of[id(names["backbone.res3.0.conv1.weight"])]
@@ -176,7 +176,7 @@ def test_kmeans_initialisation_puts_templates_on_ground_truth_features(tiny_nt_s
     ])
     torch.manual_seed(0)
     trainer = Trainer(cfg)
-    stage = trainer.model.roi_heads.stages[0]
+    stage = trainer.model.roi_heads.levels[0]
     before = stage.primitives.semantic_templates.detach().clone()
     trainer.resume_or_load(resume=False)
     after = stage.primitives.semantic_templates.detach()

@@ -76,6 +76,7 @@ def fill_weights(model) -> None:
     filled = {}
     for name, value in state.items():
         if not value.is_floating_point():
+            filled[name] = value
             continue
         g = torch.Generator().manual_seed(zlib.crc32(recorded_name(name).encode()))
         noise = torch.randn(value.shape, generator=g, dtype=torch.float64)
@@ -89,7 +90,7 @@ def fill_weights(model) -> None:
         else:
             new = 0.1 * noise
         filled[name] = new.to(value.dtype)
-    model.load_state_dict(filled, strict=False)
+    model.load_state_dict(filled)
 
 
 def drawn_batch():

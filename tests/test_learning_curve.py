@@ -1,4 +1,4 @@
-"""tools/learning_curve.py: checkpoints in training order, the logged training
+"""tools/learning_curve.py (benchmarks.learning_curve): checkpoints in training order, the logged training
 loss at each, and every checkpoint's evaluation equal to the trainer's own."""
 import csv
 import json
@@ -8,10 +8,9 @@ import sys
 
 import pytest
 
-from .test_reliability import ROOT, TINY_OPTS, _finish, _train_net
+from benchmarks import learning_curve
 
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import learning_curve  # noqa: E402
+from .test_reliability import ROOT, TINY_OPTS, _finish, _train_net
 
 
 def test_checkpoints_in_training_order_and_final_at_max_iter(tmp_path):

@@ -265,7 +265,7 @@ def test_evaluator_on_detectron2_instances(tmp_path):
 
 
 def test_top1_outcomes_sort_each_failure_kind_by_hand():
-    from voting_det.evaluation.tables import top1_outcomes
+    from benchmarks.tables import top1_outcomes
 
     gt = [[100, 100, 300, 140]]  # 200 x 40
     records = [

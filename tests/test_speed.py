@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.signal import convolve2d
 
-from voting_det.evaluation.speed import (
+from benchmarks.speed import (
     ComponentTimer,
     build_model_from_config,
     fit_line,
@@ -20,7 +20,8 @@ from voting_det.evaluation.speed import (
     time_interleaved,
     train_step_runner,
 )
-from voting_det.modeling.voting import PrimitiveVoting, spatial_templates, vote
+from voting_det.modeling.primitives import PrimitiveVoting
+from voting_det.modeling.voting import spatial_templates, vote
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a small Proposed: 160x224 inputs, few proposals, both levels and the context branch
@@ -173,6 +174,7 @@ def test_memory_is_measured_in_its_own_process():
     assert m["inference_increase_mb"] == pytest.approx(m["peak_rss_mb"] - m["rss_after_build_mb"])
 
 
+@pytest.mark.slow
 def test_benchmark_speed_cli_writes_its_table(tmp_path):
     out = tmp_path / "speed"
     cmd = [sys.executable, os.path.join(ROOT, "tools/benchmark_speed.py"), "--methods", "ls", "proposed", "fpn_R50",

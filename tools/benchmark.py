@@ -9,7 +9,7 @@ Runs are resumable: rerun the same command after an interruption. With
 --archive DIR every finished run's small result files (metrics, detections,
 config, times; no weights) are copied into DIR, from which --tabulate-only
 --root DIR rebuilds the tables when the output folder is gone. Methods:
-names from voting_det.evaluation.benchmark.METHODS, or the groups table1,
+names from benchmarks.runner.METHODS, or the groups table1,
 table1-r18 (Table 1 without the R50 rows), ablations (Tables 2 and 3), longer
 (LCF and Proposed's longer schedule, which starts from the LCF row's model).
 Profiles (--list shows them) are documented config overrides applied to every row.
@@ -18,8 +18,10 @@ import argparse
 import os
 import sys
 
-from voting_det.evaluation.benchmark import (ABLATIONS, LONGER, METHODS, PROFILES, TABLE1, archive_conflict,
-                                              archive_run, plan_runs, run_all)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.runner import (ABLATIONS, LONGER, METHODS, PROFILES, TABLE1, archive_conflict,  # noqa: E402
+                               archive_run, plan_runs, run_all)
 
 GROUPS = {
     "table1": list(TABLE1),
@@ -94,7 +96,7 @@ def main(argv=None):
     if args.val_only:
         print("validation evaluations: " + ", ".join(r.eval_dir("val") for r in runs) + " (test split not evaluated)")
         return 0
-    from voting_det.evaluation.tables import tabulate
+    from benchmarks.tables import tabulate
 
     calipers = args.calipers == "yes" or (args.calipers == "auto" and runs[0].dataset.startswith("nt_real"))
     tabulate(runs, out_dir=args.out, command=" ".join(["python", "tools/benchmark.py"] + (argv or sys.argv[1:])),

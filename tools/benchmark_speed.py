@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from voting_det.evaluation.benchmark import METHODS, TABLE1, git_commit, machine_info, repo_root  # noqa: E402
-from voting_det.evaluation.speed import (  # noqa: E402
+from benchmarks.runner import METHODS, TABLE1, git_commit, machine_info, repo_root  # noqa: E402
+from benchmarks.speed import (  # noqa: E402
     HEAD_PREFIX,
     build_model_from_config,
     count_flops,

@@ -27,10 +27,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.tables import failure_lines  # noqa: E402
 from voting_det.evaluation import check_same_settings, load_records  # noqa: E402
 from voting_det.evaluation import metrics as M  # noqa: E402
 from voting_det.evaluation.evaluator import DETECTIONS_FILE  # noqa: E402
-from voting_det.evaluation.tables import failure_lines  # noqa: E402
 
 KEYS = (("top1_acc", "top-1 acc / SEN"), ("paper_auc", "AUC"), ("paper_spe", "SPE"), ("mean_iou", "mean IoU"))
 

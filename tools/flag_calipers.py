@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Flag the images whose NT carries sonographer calipers (voting_det.data.calipers).
+"""Flag the images whose NT carries sonographer calipers (benchmarks.calipers).
 
 Every image below ``--root`` is searched inside its NT box(es) from
 ``ObjectDetection.xlsx`` enlarged by ``--margin`` pixels; an image without an NT
@@ -39,19 +39,21 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from voting_det.data.calipers import (
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.calipers import (  # noqa: E402
     COLOUR_THRESHOLD,
     DEFAULT_MARGIN,
     OUTLINE_THRESHOLD,
     PLUS_THRESHOLD,
-    _read_image,
     caliper_evidence,
+    read_image,
 )
-from voting_det.data.spreadsheet import SpreadsheetError, read_object_detection_xlsx
-from voting_det.utils import IMAGE_EXTENSIONS, natural_key
+from voting_det.data.fetus_framework import SPREADSHEET_NAME, index_images  # noqa: E402
+from voting_det.data.spreadsheet import SpreadsheetError, read_object_detection_xlsx  # noqa: E402
+from voting_det.utils import natural_key  # noqa: E402
 
 EXIT_BAD_INPUT = 2
-SPREADSHEET_NAME = "ObjectDetection.xlsx"
 STRUCTURE = "NT"
 
 
@@ -78,18 +80,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------- data folder
-
-
-def index_images(root: str) -> Dict[str, List[str]]:
-    """File name -> paths (relative to ``root``, posix) of every image below ``root``."""
-    index: Dict[str, List[str]] = {}
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                relative = os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
-                index.setdefault(name, []).append(relative)
-    return index
 
 
 def resolve(name: str, index: Dict[str, List[str]]) -> Optional[str]:
@@ -143,7 +133,7 @@ class Measurer:
 
     def image(self, relative: str) -> np.ndarray:
         if relative != self._image_path:
-            self._image_path, self._image = relative, _read_image(os.path.join(self.root, relative))
+            self._image_path, self._image = relative, read_image(os.path.join(self.root, relative))
         return self._image
 
     def cues(

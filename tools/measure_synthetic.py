@@ -32,6 +32,7 @@ import csv
 import json
 import os
 import posixpath
+import sys
 import tempfile
 import time
 
@@ -39,22 +40,24 @@ import cv2
 import numpy as np
 from scipy.stats import ks_2samp
 
-from voting_det.data.baselines_simple import (
-    box_iou,
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)  # benchmarks/ is in the checkout, not in the installed package
+
+from benchmarks.baselines_simple import (  # noqa: E402
     darkest_band_detector,
     estimate_fan_mask,
     fit_mean_box,
     mean_box_prediction,
 )
-from voting_det.data.fetus_framework import ALL_FILE, convert_fetus_framework
-from voting_det.data.synthetic import (
+from voting_det.data.fetus_framework import ALL_FILE, convert_fetus_framework  # noqa: E402
+from voting_det.data.synthetic import (  # noqa: E402
     METADATA_FILENAME,
     NEAR_NECK_BOX_WIDTHS,
     SPREADSHEET_FILENAME,
     render_synthetic_nt,
 )
+from voting_det.evaluation.metrics import box_iou  # noqa: E402
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_REAL = os.path.join(REPO_ROOT, "..", "shared", "data", "fetus_framework_nt")
 # Pixels sampled per set and region for the grey-level KS tests.
 PIXEL_SAMPLE = 50000
@@ -130,7 +133,7 @@ def measure(entries, rng: np.random.Generator):
 
 
 def top1(predictions, truths) -> float:
-    hits = [box_iou(p, t) > IOU_THRESHOLD for p, t in zip(predictions, truths)]
+    hits = [box_iou(p, t)[0, 0] > IOU_THRESHOLD for p, t in zip(predictions, truths)]
     return float(np.mean(hits)) if hits else float("nan")
 
 

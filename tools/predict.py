@@ -15,13 +15,11 @@ the table are skipped; a file that is not such a table is never overwritten.
 import argparse
 import logging
 
-from detectron2.config import get_cfg
 from detectron2.engine import DefaultPredictor
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import voting_det  # noqa: F401  (registers the data sets)
-from voting_det import add_voting_config
-from voting_det.config import merge_config_file, resolve_device
+from voting_det.config import setup_cfg
 from voting_det.engine.checkpoint import SafeCheckpointer
 from voting_det.inference import class_names_from_cfg, predict_images
 
@@ -42,22 +40,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def setup_cfg(args):
-    cfg = get_cfg()
-    add_voting_config(cfg)
-    merge_config_file(cfg, args.config_file)
-    cfg.merge_from_list(args.opts)
-    if args.score_thresh is not None:
-        cfg.merge_from_list([item for key in SCORE_THRESH_KEYS for item in (key, args.score_thresh)])
-    resolve_device(cfg)
-    cfg.freeze()
-    return cfg
-
-
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s %(levelname)s] %(message)s")
-    cfg = setup_cfg(args)
+    thresholds = [] if args.score_thresh is None else [v for key in SCORE_THRESH_KEYS for v in (key, args.score_thresh)]
+    cfg = setup_cfg(args.config_file, list(args.opts) + thresholds)
     # detectron2's predictor, its weights read by SafeCheckpointer (no code
     # execution, shape mismatches refused)
     blank = cfg.clone()

@@ -9,32 +9,15 @@ import json
 import os
 import sys
 
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import voting_det  # noqa: F401  (registers the data sets)
-from voting_det import add_voting_config
-from voting_det.config import merge_config_file, resolve_device, validate_voting_config
+from voting_det.config import setup_cfg
 from voting_det.engine import Trainer
 from voting_det.engine.checkpoint import SafeCheckpointer
 from voting_det.engine.run_folder import holds_a_run, refuse_other_run
-
-
-def build_cfg(args):
-    cfg = get_cfg()
-    add_voting_config(cfg)
-    merge_config_file(cfg, args.config_file)  # also resolves model_zoo:// bases
-    try:
-        cfg.merge_from_list(args.opts)
-    except (AssertionError, KeyError) as e:  # yacs: "Non-existent key: ..."
-        raise ValueError(f"command-line override: {e}; check its spelling (README, 'Config keys')") from None
-    resolve_device(cfg)
-    if cfg.MODEL.META_ARCHITECTURE == "VotingRCNN":  # detectron2's own models validate themselves
-        validate_voting_config(cfg)
-    cfg.freeze()
-    return cfg
 
 
 def check_output_dir(cfg, args) -> None:
@@ -53,7 +36,7 @@ def check_output_dir(cfg, args) -> None:
 
 
 def setup(args):
-    cfg = build_cfg(args)
+    cfg = setup_cfg(args.config_file, args.opts)
     default_setup(cfg, args)
     # voting_det's own messages (e.g. MODEL.CONTEXT.INIT_FROM_LOCAL) in the run's log too
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="voting_det")
@@ -81,7 +64,7 @@ def main(args):
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     try:
-        check_output_dir(build_cfg(args), args)
+        check_output_dir(setup_cfg(args.config_file, args.opts), args)
     except ValueError as e:  # bad config keys or values, another run's folder
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -119,6 +119,10 @@ def _add_checkpoint_config(cfg: CN) -> None:
     # Leave parameters whose shape differs from the file's at their initial values
     # instead of refusing the file (e.g. fine-tuning with another K).
     cfg.MODEL.CHECKPOINT.SKIP_MISMATCHED = False
+    # Name prefixes of the model's tensors a weights file may lack (they keep their
+    # initial values); any other gap refuses the file. Stage 2 of training starts from
+    # stage 1's LCF weights: ["context_backbone.", "roi_heads.context_head.", "roi_heads.fusion_logit"].
+    cfg.MODEL.CHECKPOINT.ALLOW_MISSING = []
 
 
 def _add_eval_config(cfg: CN) -> None:

@@ -37,13 +37,13 @@ import os
 import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Instances
 from tqdm import tqdm
 
+from .data.image_io import ImageReadError, read_scan
 from .utils import IMAGE_EXTENSIONS, natural_key
 
 __all__ = [
@@ -70,7 +70,7 @@ _INT_FIELDS = ("image_height", "image_width", "rank")
 _FLOAT_FIELDS = ("score",) + BOX_FIELDS
 # Rank of the one row of an image without detection (detections are ranked from 1).
 NO_DETECTION_RANK = 0
-# The error recorded for a file cv2.imread cannot read.
+# The error recorded for a file that cannot be read as an image.
 UNREADABLE_IMAGE = "unreadable image (not an image, corrupt, or a format OpenCV cannot read)"
 # Decimals written: scores, and box corners in pixels.
 SCORE_DECIMALS = 6
@@ -295,9 +295,9 @@ def predict_images(
 ) -> Dict[str, int]:
     """Run ``predictor`` on the images of ``input_path`` not yet in ``output_path``.
 
-    Images are read with ``cv2.imread(..., cv2.IMREAD_COLOR)`` (BGR, grey scans
-    replicated to 3 channels); an unreadable one is logged as a warning and
-    recorded as an error row. Returns counts: ``images`` found, ``skipped``
+    Images are read by :func:`voting_det.data.image_io.read_scan` as training
+    reads them (BGR, grey scans replicated to 3 channels); an unreadable one is
+    logged as a warning and recorded as an error row. Returns counts: ``images`` found, ``skipped``
     (already in the table), ``processed``, ``errors``, ``detections``.
     """
     root, files = list_images(input_path)
@@ -306,8 +306,9 @@ def predict_images(
         todo = [f for f in files if f not in writer.done]
         summary["skipped"] = len(files) - len(todo)
         for file in tqdm(todo, desc="predict", unit="image", disable=not progress):
-            image = cv2.imread(os.path.join(root, file), cv2.IMREAD_COLOR)  # None if unreadable
-            if image is None:
+            try:
+                image = read_scan(os.path.join(root, file))
+            except ImageReadError:
                 logger.warning("could not read %s as an image; recorded as an error row", os.path.join(root, file))
                 writer.write([error_row(file, UNREADABLE_IMAGE)])
                 summary["errors"] += 1

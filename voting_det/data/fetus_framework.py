@@ -30,7 +30,7 @@ instead, and an image that lost a row of a selected (or unrecognisable)
 structure is dropped entirely, so that it never turns into a false negative.
 A duplicate row is dropped but its first occurrence kept, so it costs nothing.
 
-Folds (METHOD.md section 5). Near-duplicate images (perceptual hash within
+Folds (docs/method.md section 5). Near-duplicate images (perceptual hash within
 ``phash_threshold`` bits, :mod:`voting_det.data.folds`) share a fold; folds
 are stratified on "has a selected structure"; the validation split is carved
 from the training folds the same way. The output is byte-identical for the
@@ -68,11 +68,12 @@ __all__ = [
     "ConversionError",
     "convert_fetus_framework",
     "format_report",
+    "index_images",
 ]
 
 logger = logging.getLogger(__name__)
 
-# Structure names of the full public set, in its order (METHOD.md section 7).
+# Structure names of the full public set, in its order (docs/method.md section 7).
 FETUS_FRAMEWORK_STRUCTURES = (
     "thalami",
     "midbrain",
@@ -233,7 +234,7 @@ def convert_fetus_framework(
 
     spreadsheet = os.path.join(root, SPREADSHEET_NAME)
     sheet_rows = read_object_detection_xlsx(spreadsheet)
-    index = _index_images(root)
+    index = index_images(root)
     rows = [_parse_row(r, index, root) for r in sheet_rows]
 
     named = sorted({c for r in rows for c in r.candidates}, key=natural_key)
@@ -361,7 +362,7 @@ def _check_output_folder(out: str, root: str, overwrite: bool) -> None:
         )
 
 
-def _index_images(root: str) -> Dict[str, List[str]]:
+def index_images(root: str) -> Dict[str, List[str]]:
     """File name -> paths (relative to ``root``, posix) of every image below ``root``."""
     index: Dict[str, List[str]] = {}
     for folder, subfolders, files in os.walk(root):

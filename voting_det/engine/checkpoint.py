@@ -25,7 +25,7 @@ import logging
 import os
 import pickle
 import re
-from typing import Dict
+from typing import Dict, Sequence
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -88,21 +88,28 @@ class SafeCheckpointer(DetectionCheckpointer):
         *,
         trust_pickle: bool = False,
         skip_mismatched: bool = False,
+        allow_missing: Sequence[str] = (),
         context_init_from_local: bool = False,
         **kw,
     ):
         super().__init__(model, save_dir, **kw)
         self.trust_pickle = trust_pickle
         self.skip_mismatched = skip_mismatched
+        self.allow_missing = tuple(allow_missing)
         self.context_init_from_local = context_init_from_local
 
     @classmethod
     def from_config(cls, cfg, model, save_dir: str = "", **kw) -> "SafeCheckpointer":
         c = cfg.MODEL.get("CHECKPOINT")
         context = cfg.MODEL.get("CONTEXT")
-        return cls(model, save_dir, trust_pickle=bool(c and c.TRUST_PICKLE),
-                   skip_mismatched=bool(c and c.SKIP_MISMATCHED),
-                   context_init_from_local=bool(context and context.ENABLED and context.INIT_FROM_LOCAL), **kw)
+        options = dict(
+            trust_pickle=bool(c and c.TRUST_PICKLE),
+            skip_mismatched=bool(c and c.SKIP_MISMATCHED),
+            allow_missing=tuple(c.ALLOW_MISSING) if c else (),
+            context_init_from_local=bool(context and context.ENABLED and context.INIT_FROM_LOCAL),
+        )
+        options.update(kw)  # explicit arguments win over the config
+        return cls(model, save_dir, **options)
 
     def load(self, path: str, *args, **kwargs):
         self._loading = path  # named by _load_model's error
@@ -118,11 +125,11 @@ class SafeCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint):
         checkpoint["model"] = self._convert(checkpoint["model"])
         own = self.model.state_dict()
-        mismatched = [
-            f"{k}: {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
-            for k, v in checkpoint["model"].items()
-            if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
-        ]
+        state = checkpoint["model"]
+        mismatched_keys = [k for k, v in state.items()
+                           if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+        mismatched = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+                      for k in mismatched_keys]
         if mismatched and not self.skip_mismatched:
             shown = "\n  ".join(mismatched[:10]) + (f"\n  ... and {len(mismatched) - 10} more" if len(mismatched) > 10 else "")
             raise ValueError(
@@ -131,6 +138,12 @@ class SafeCheckpointer(DetectionCheckpointer):
                 f"architecture or config, e.g. MODEL.VOTING.NUM_PRIMITIVES):\n  {shown}\nLoad a file of this config, "
                 "or set MODEL.CHECKPOINT.SKIP_MISMATCHED True to leave those parameters at their initial values"
             )
+        # what the config allows to stay as it is loads as the model's own value
+        kept = mismatched_keys + [k for k in own if k not in state and k.startswith(self.allow_missing)]
+        if kept:
+            logger.warning("%d tensor(s) keep their initial values (MODEL.CHECKPOINT.SKIP_MISMATCHED / ALLOW_MISSING): "
+                           "%s", len(kept), ", ".join(kept[:8]) + (" ..." if len(kept) > 8 else ""))
+        checkpoint["model"] = {**state, **{k: own[k] for k in kept}}
         return super()._load_model(checkpoint)
 
     def _convert(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:

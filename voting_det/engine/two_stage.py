@@ -34,6 +34,10 @@ def split_schedule(total_iters: int, steps: Sequence[int], stage1_fraction: floa
     return (first, scaled(first)), (second, scaled(second))
 
 
+# What stage 2 (the whole network) may lack in stage 1's LCF weights: the context branch.
+STAGE2_ALLOW_MISSING = ("context_backbone.", "roi_heads.context_head.", "roi_heads.fusion_logit")
+
+
 def stage_configs(
     lcf_config: str,
     voting_config: str,
@@ -50,6 +54,7 @@ def stage_configs(
         cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS = iters, steps
         cfg.OUTPUT_DIR = os.path.join(output_dir, name)
     cfgs[1].MODEL.WEIGHTS = os.path.join(cfgs[0].OUTPUT_DIR, "model_final.pth")
+    cfgs[1].MODEL.CHECKPOINT.ALLOW_MISSING = list(STAGE2_ALLOW_MISSING)
     for cfg in cfgs:
         cfg.freeze()
     return cfgs[0], cfgs[1]
@@ -62,6 +67,7 @@ def trained_config(cfg: CfgNode) -> CfgNode:
     out = cfg.clone()
     out.defrost()
     out.MODEL.WEIGHTS = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    out.MODEL.CHECKPOINT.ALLOW_MISSING = []  # its own final model is whole
     out.freeze()
     return out
 

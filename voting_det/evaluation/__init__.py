@@ -1,4 +1,4 @@
-"""Evaluation: the NT metrics of METHOD.md section 5 and their evaluator."""
+"""Evaluation: the NT metrics of docs/method.md section 5 and their evaluator."""
 from .evaluator import (
     NTEvaluator,
     SettingsMismatchError,

@@ -16,7 +16,7 @@ from ..config import refuse_untrusted_weights
 from .roi_heads import CONTEXT_FEATURES, TRACE_PREFIX
 from .voting_level import VotingLevel
 
-__all__ = ["VotingRCNN", "use_channels_last_stem"]
+__all__ = ["VotingRCNN", "refuse_partial_loads", "use_channels_last_stem"]
 
 # Instance fields holding boxes in input-image coordinates (rescaled with pred_boxes).
 INTERMEDIATE_BOX_FIELDS = (
@@ -26,6 +26,37 @@ INTERMEDIATE_BOX_FIELDS = (
     "context_boxes",
     "deformed_context_boxes",
 )
+
+
+# Shown of a long list of keys in an error message.
+SHOWN_KEYS = 8
+
+
+def _shown(keys: List[str]) -> str:
+    return ", ".join(keys[:SHOWN_KEYS]) + (f", ... ({len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else "")
+
+
+def refuse_partial_loads(module: nn.Module, incompatible) -> None:
+    """``load_state_dict`` post-hook of :class:`VotingRCNN`: weights that leave
+    any tensor of the model unfilled, or hold tensors it has no place for,
+    are an error naming them, whatever loads them (detectron2's
+    ``DefaultPredictor`` included: its checkpointer drops tensors of another
+    shape with a warning, which makes them missing here). voting_det's
+    checkpointer fills what ``MODEL.CHECKPOINT.ALLOW_MISSING`` /
+    ``SKIP_MISMATCHED`` allow before loading."""
+    missing, unexpected = list(incompatible.missing_keys), list(incompatible.unexpected_keys)
+    if not missing and not unexpected:
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of the model's tensors are not in it or have another shape there ({_shown(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} of its tensors have no place in the model ({_shown(unexpected)})")
+    raise ValueError(
+        "the weights do not fit this model: " + "; ".join(parts) + ". Load the model_final.pth of a model trained "
+        "with this config file; to start training from a part of a model, list the prefixes it may lack in "
+        "MODEL.CHECKPOINT.ALLOW_MISSING"
+    )
 
 
 def _channels_last_input(module, inputs):
@@ -76,6 +107,7 @@ class VotingRCNN(GeneralizedRCNN):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.register_load_state_dict_post_hook(refuse_partial_loads)
         self.context_backbone = context_backbone
         self.context_feature = context_feature
         if channels_last_stem:

@@ -10,7 +10,8 @@
   gives away; NT-like distractors (amnion under the back, fluid pockets) are
   what defeats it.
 
-Boxes here are ``(x0, y0, x1, y1)`` in pixels (x = column, y = row).
+Boxes here are ``(x0, y0, x1, y1)`` in pixels (x = column, y = row); score
+them with :func:`voting_det.evaluation.metrics.box_iou`.
 """
 from typing import Iterable, Optional, Sequence, Tuple
 
@@ -18,7 +19,6 @@ import cv2
 import numpy as np
 
 __all__ = [
-    "box_iou",
     "darkest_band_detector",
     "estimate_fan_mask",
     "fit_mean_box",
@@ -48,17 +48,6 @@ BAND_STRIDE_FRACTION = 0.125
 # A window (with its flanks) must lie this much inside the fan.
 BAND_MIN_FAN_FRACTION = 0.95
 REFERENCE_HEIGHT = 480
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``(x0, y0, x1, y1)`` boxes."""
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def fit_mean_box(boxes: Iterable[Sequence[float]], sizes: Iterable[Tuple[int, int]]) -> np.ndarray:

@@ -36,19 +36,14 @@ __all__ = [
 
 
 def build_model_from_config(config_file: str, opts: Sequence[str] = (), device: str = "cpu", seed: int = 0):
-    """detectron2's ``build_model`` on a voting_det / detectron2 config (``_BASE_``
-    and ``model_zoo://`` resolved as in ``tools/train_net.py``), weights drawn
-    with ``seed``. Returns ``(model, cfg)``; the model is in eval mode."""
-    from detectron2.config import get_cfg
+    """detectron2's ``build_model`` on a voting_det / detectron2 config
+    (:func:`voting_det.config.setup_cfg`, as ``tools/train_net.py`` builds it),
+    weights drawn with ``seed``. Returns ``(model, cfg)``; the model is in eval mode."""
     from detectron2.modeling import build_model
 
-    from ..config import add_voting_config, merge_config_file
+    from voting_det.config import setup_cfg
 
-    cfg = get_cfg()
-    add_voting_config(cfg)
-    merge_config_file(cfg, config_file)
-    cfg.merge_from_list(list(opts) + ["MODEL.DEVICE", device])
-    cfg.freeze()
+    cfg = setup_cfg(config_file, list(opts) + ["MODEL.DEVICE", device])
     torch.manual_seed(seed)
     model = build_model(cfg)
     model.eval()
@@ -191,15 +186,16 @@ def timed_components(model: nn.Module) -> Dict[str, nn.Module]:
     backbone(s), proposal generator, and the heads (each voting level and the
     context head of a VotingRCNN; the ROI heads of detectron2's models)."""
     parts: Dict[str, nn.Module] = {"backbone": model.backbone, "rpn": model.proposal_generator}
-    stages = getattr(model.roi_heads, "stages", None)
-    if stages is not None:
-        for level, stage in zip(model.roi_heads.levels, stages):
-            parts[f"{HEAD_PREFIX}local {level}"] = stage
+    levels = getattr(model.roi_heads, "levels", None)
+    if isinstance(levels, nn.ModuleList):  # VotingROIHeads: one module per voting level, named by its feature map
+        for level in levels:
+            parts[f"{HEAD_PREFIX}local {level.name}"] = level
     else:
         parts[f"{HEAD_PREFIX}roi_heads"] = model.roi_heads
-    if getattr(model, "context_head", None) is not None:
+    context_head = getattr(model.roi_heads, "context_head", None)
+    if context_head is not None:
         parts["context backbone"] = model.context_backbone
-        parts[f"{HEAD_PREFIX}context"] = model.context_head
+        parts[f"{HEAD_PREFIX}context"] = context_head
     return parts
 
 
@@ -324,9 +320,9 @@ def measure_memory_in_subprocess(config_file: str, opts: Sequence[str], height: 
     process, so models measured in one process would hide each other's peak)."""
     payload = json.dumps({"config_file": config_file, "opts": list(opts), "height": height, "width": width,
                           "reps": reps, "threads": threads, "device": device})
-    code = ("import json, sys; from voting_det.evaluation.speed import memory_child; "
+    code = ("import json, sys; from benchmarks.speed import memory_child; "
             "print('RESULT ' + json.dumps(memory_child(**json.loads(sys.argv[1]))))")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, timeout=timeout,
                           env=env)

@@ -1,4 +1,4 @@
-"""Cross-validation runner of the paper's Tables 1 to 3 (METHOD.md section 6).
+"""Cross-validation runner of the paper's Tables 1 to 3 (docs/method.md section 6).
 
 A *method* is one row: a config (detectron2's built-in detectors through our
 ``configs/nt_*`` files, or voting_det's), or Proposed's two-stage protocol, plus
@@ -42,7 +42,7 @@ class Method:
     label: str = ""
     # Stage 1 taken from another row's finished run of the same fold (its final
     # weights), then this config trained for the profile's whole schedule: the
-    # longer schedule METHOD.md 6 asks to report separately.
+    # longer schedule docs/method.md section 6 asks to report separately.
     stage1_from: str = ""
 
 
@@ -136,7 +136,7 @@ PROFILES: Dict[str, Profile] = {
 
 
 def repo_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass
@@ -202,21 +202,15 @@ class Run:
 
     def frozen_configs(self) -> str:
         """The dump of the run's merged config(s), as training will use them."""
-        from detectron2.config import get_cfg
-
-        from ..config import add_voting_config, merge_config_file, resolve_device
-        from ..engine.two_stage import stage_configs
+        from voting_det.config import setup_cfg
+        from voting_det.engine.two_stage import stage_configs
 
         root = repo_root()
         if self.method.two_stage:
             s1, s2 = stage_configs(os.path.join(root, "configs/nt_lcf.yaml"), os.path.join(root, self.method.config),
                                    self.folder, self.opts())
             return "# stage 1\n" + s1.dump() + "# stage 2\n" + s2.dump()
-        cfg = get_cfg()
-        add_voting_config(cfg)
-        merge_config_file(cfg, os.path.join(root, self.method.config))
-        cfg.merge_from_list(self._own_opts() + ["OUTPUT_DIR", self.train_dirs()[0]])
-        resolve_device(cfg)
+        cfg = setup_cfg(os.path.join(root, self.method.config), self._own_opts() + ["OUTPUT_DIR", self.train_dirs()[0]])
         return cfg.dump()
 
     def commands(self, splits: Sequence[str] = ("val", "test")) -> List[List[str]]:
@@ -308,7 +302,7 @@ def machine(device: str = "") -> str:
 
 
 def _check_or_record_config(run: Run) -> str:
-    from ..engine.run_folder import refuse_different_config
+    from voting_det.engine.run_folder import refuse_different_config
 
     text = run.frozen_configs()
     path = os.path.join(run.folder, "run_config.yaml")
@@ -345,7 +339,7 @@ def trained(run: Run) -> bool:
     detectron2's checkpointer has tagged them (``last_checkpoint``), which it
     does after writing them, so a process killed while writing them does not
     count as trained."""
-    from ..engine.run_folder import final_weights_written
+    from voting_det.engine.run_folder import final_weights_written
 
     weights = run.final_weights()
     return final_weights_written(os.path.dirname(weights), os.path.basename(weights))

@@ -80,6 +80,7 @@ __all__ = [
     "detect_calipers",
     "score_dataset",
     "flag_dataset",
+    "read_image",
 ]
 
 # Pixels added on every side of the NT box before searching: the crosses sit on
@@ -281,7 +282,7 @@ def detect_calipers(
     return evidence.calipers, evidence.score
 
 
-def _read_image(path: str) -> np.ndarray:
+def read_image(path: str) -> np.ndarray:
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
@@ -306,7 +307,7 @@ def score_dataset(
     with open(coco_json_path) as f:
         coco = json.load(f)
     if image_root is None:
-        from .datasets import _image_root_of
+        from voting_det.data.datasets import _image_root_of
 
         image_root = _image_root_of(coco_json_path, coco.get("info", {}))
     boxes: Dict[object, list] = {}
@@ -315,7 +316,7 @@ def score_dataset(
         boxes.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
     out = {}
     for record in coco["images"]:
-        image = _read_image(os.path.join(image_root, record["file_name"]))
+        image = read_image(os.path.join(image_root, record["file_name"]))
         image_boxes = boxes.get(record["id"]) or [None]
         found = [caliper_evidence(image, b, margin) for b in image_boxes]
         best = max(range(len(found)), key=lambda k: found[k].score)

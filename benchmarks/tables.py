@@ -1,4 +1,4 @@
-"""Tables 1 to 3 from finished benchmark runs (:mod:`.benchmark`).
+"""Tables 1 to 3 from finished benchmark runs (:mod:`.runner`).
 
 Everything is recomputed from the runs' ``nt_detections.json`` files:
 
@@ -11,7 +11,7 @@ Everything is recomputed from the runs' ``nt_detections.json`` files:
   row, by paired bootstrap over the images both have been tested on.
 
 Runs evaluated with different test settings are refused
-(:func:`..evaluator.check_same_settings`).
+(:func:`voting_det.evaluation.check_same_settings`).
 """
 import csv
 import json
@@ -22,8 +22,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from . import metrics as M
-from .evaluator import check_same_settings, load_records
+from voting_det.evaluation import check_same_settings, load_records
+from voting_det.evaluation import metrics as M
 
 __all__ = ["tabulate", "collect"]
 
@@ -83,20 +83,24 @@ def _pooled(entry, folds=None):
 
 
 def caliper_flags(dataset: str, cache_dir: str) -> Dict[str, bool]:
-    """Absolute image path -> caliper flag (:mod:`voting_det.data.calipers`) for
-    the images of registered set ``<dataset>_all``, cached in ``cache_dir``."""
+    """Absolute image path -> caliper flag (:mod:`.calipers`) for the images of
+    registered set ``<dataset>_all``, cached in ``cache_dir``. Without the
+    converted set on this machine, the cache alone (e.g. the one committed
+    beside the archived runs); neither: no flags."""
     from detectron2.data import MetadataCatalog
 
-    from ..data.calipers import flag_dataset
-    from ..data.datasets import _image_root_of
+    from voting_det.data.datasets import _image_root_of
+
+    from .calipers import flag_dataset
 
     json_file = MetadataCatalog.get(f"{dataset}_all").get("json_file", None)
-    if not json_file or not os.path.isfile(json_file):
-        return {}
     cache = os.path.join(cache_dir, f"calipers_{dataset}.json")
-    if os.path.isfile(cache) and os.path.getmtime(cache) >= os.path.getmtime(json_file):
+    have_set = bool(json_file) and os.path.isfile(json_file)
+    if os.path.isfile(cache) and (not have_set or os.path.getmtime(cache) >= os.path.getmtime(json_file)):
         with open(cache) as f:
             return json.load(f)
+    if not have_set:
+        return {}
     with open(json_file) as f:
         root = _image_root_of(json_file, json.load(f).get("info") or {})
     flags = {os.path.normpath(os.path.join(root, k)): bool(v) for k, v in flag_dataset(json_file, root).items()}
@@ -106,7 +110,7 @@ def caliper_flags(dataset: str, cache_dir: str) -> Dict[str, bool]:
     return flags
 
 
-# Outcome of an image's top-1 box (METHOD.md 5), for the failure analysis.
+# Outcome of an image's top-1 box (docs/method.md section 5), for the failure analysis.
 OUTCOMES = (
     ("correct", "correct (IoU > 0.5)"),
     ("loose", "right place, box size or shift off (0.3 < IoU <= 0.5)"),
@@ -163,7 +167,7 @@ def failure_lines(data) -> List[str]:
 
 
 def cost_lines(names_labels, profile, speed_json: Optional[str]) -> List[str]:
-    """METHOD.md 6, "each row states its parameters and FLOPs": a section from
+    """docs/method.md section 6, "each row states its parameters and FLOPs": a section from
     ``tools/benchmark_speed.py``'s JSON at the profile's test size (the first
     size whose height is ``INPUT.MIN_SIZE_TEST``); empty without the file or
     that size."""
@@ -256,11 +260,11 @@ def tabulate(runs, out_dir: Optional[str] = None, command: str = "", num_bootstr
                 d = _digits(k)
                 cells.append(f"{_fmt(point[k], d)} [{_fmt(lo, d)}, {_fmt(hi, d)}]")
         lines.append(f"| {e['method'].label or name} | {len(records)} | " + " | ".join(cells) + " |")
-    # With and without caliper-marked images (METHOD.md section 5)
+    # With and without caliper-marked images (docs/method.md section 5)
     flags = caliper_flags(dataset, os.path.join(runs[0].root, profile.name, dataset)) if calipers else {}
     if flags:
         lines += ["", "## With and without the sonographer's calipers (test images pooled; caliper flag of "
-                      "`voting_det.data.calipers`, checked against hand labels in benchmarks/results/caliper_detector.md)", "",
+                      "`benchmarks.calipers`, checked against hand labels in benchmarks/results/caliper_detector.md)", "",
                   "| method | subset | images | top-1 acc | AUC | SEN | SPE |", "|---|---|---|---|---|---|---|"]
         for name, (stats, folds, records) in pooled_stats.items():
             marks = np.array([flags.get(os.path.normpath(r["file_name"])) for r in records], dtype=object)
