@@ -12,6 +12,7 @@ export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 help:
 	@echo "make demo          set up, then generate synthetic NT data, train LCF then Proposed, evaluate, draw predictions"
 	@echo "make test          set up, then run the whole test suite"
+	@echo "make test-fast     the suite without the slow tests (training, several processes), for everyday work"
 	@echo "make setup         only create/update $(VENV)"
 	@echo "make synthetic     (re)measure the synthetic set against the real one (needs ../shared/data)"
 	@echo "make convert-real  convert the real development data (../shared/data/fetus_framework_nt) to datasets/nt_real"
@@ -27,8 +28,14 @@ setup:
 demo: setup
 	$(PY) tools/demo.py --datasets $(DETECTRON2_DATASETS) --output-dir output/demo
 
+# two workers (pytest-xdist): the suite is about 11 min on one here, 2 CPUs
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
+
+# everyday subset (about a minute): everything but the tests marked slow
+# (training, several processes, kill-and-resume)
+test-fast: setup
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 REAL_NT ?= ../shared/data/fetus_framework_nt
 

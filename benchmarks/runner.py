@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from voting_det.engine.two_stage import STAGE2_ALLOW_MISSING
+
 __all__ = ["LONGER", "METHODS", "PROFILES", "Method", "Run", "archive_conflict", "archive_run", "git_commit",
            "plan_runs", "run_all", "repo_root", "trained"]
 
@@ -195,7 +197,11 @@ class Run:
 
     def _own_opts(self) -> List[str]:
         first = self.stage1_run()
-        return self.opts() + (["MODEL.WEIGHTS", first.final_weights()] if first else [])
+        if not first:
+            return self.opts()
+        # it starts from an LCF row's final model, which lacks the context branch
+        return self.opts() + ["MODEL.WEIGHTS", first.final_weights(),
+                              "MODEL.CHECKPOINT.ALLOW_MISSING", str(list(STAGE2_ALLOW_MISSING))]
 
     def final_weights(self) -> str:
         return os.path.join(self.train_dirs()[-1], "model_final.pth")

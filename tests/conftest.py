@@ -31,3 +31,9 @@ def tiny_datasets_root(tmp_path_factory):
     generate_synthetic_nt(str(root / "source"), TINY_NUM_IMAGES, seed=5, size=TINY_SIZE, workers=1, progress=False)
     convert_fetus_framework(str(root / "source"), str(root / "nt"), structures=("NT",), folds=3, seed=0, progress=False)
     return root
+
+
+def pytest_collection_modifyitems(items):
+    """Slow tests first, so that with two workers (make test) the longest ones
+    do not start last; the order is otherwise unchanged."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -189,6 +189,7 @@ def test_skip_invalid_drops_exactly_the_bad_rows_and_spoiled_images(bad, tmp_pat
     assert _digest(root) == before
 
 
+@pytest.mark.slow
 def test_cli_lists_problems_exits_nonzero_and_writes_nothing(bad, tmp_path):
     root, rows = bad
     out = tmp_path / "out"

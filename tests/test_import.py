@@ -3,7 +3,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 
+
+@pytest.mark.slow
 def test_import_registers_without_touching_global_defaults():
     # A fresh interpreter, so that nothing imported by other tests interferes.
     code = textwrap.dedent(

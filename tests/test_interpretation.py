@@ -310,6 +310,7 @@ def _not_blank(path, width=None):
     return image
 
 
+@pytest.mark.slow
 def test_explain_tool_panel_json_any_input_and_no_overwrite(tiny_model, tiny_nt_set, tmp_path):
     config, weights = tiny_model
     explain = _tool("explain")
@@ -362,6 +363,7 @@ def test_panel_of_a_model_without_context_branch(tiny_nt_set, test_image):
     assert len(fig.axes) > 8
 
 
+@pytest.mark.slow
 def test_atlas_tool_writes_linked_pages(tiny_model, tiny_nt_set, tmp_path):
     config, weights = tiny_model
     out = tmp_path / "atlas"
@@ -380,6 +382,7 @@ def test_atlas_tool_writes_linked_pages(tiny_model, tiny_nt_set, tmp_path):
     assert len(data["images"]) == 2 and data["receptive_field"] == {"res4": 211, "res3": 99}
 
 
+@pytest.mark.slow
 def test_faithfulness_tool_writes_json_png_and_summary(tiny_model, tiny_nt_set, tmp_path):
     config, weights = tiny_model
     out = tmp_path / "faith"

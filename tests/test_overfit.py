@@ -17,7 +17,7 @@ from voting_det.data.synthetic import render_synthetic_nt
 from voting_det.engine import Trainer
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "nt_voting.yaml")
-SIZE = (192, 256)
+SIZE = (144, 192)
 NUM_IMAGES = 5
 ITERATIONS = 80
 
@@ -49,9 +49,9 @@ def test_full_model_overfits_five_images():
             "MODEL.VOTING.FC_DIMS", [64],
             "MODEL.CONTEXT.FC_G1_DIMS", [32],
             "MODEL.CONTEXT.FC_G2_DIMS", [64],
-            "MODEL.RPN.POST_NMS_TOPK_TRAIN", 64,
+            "MODEL.RPN.POST_NMS_TOPK_TRAIN", 32,
             "MODEL.RPN.POST_NMS_TOPK_TEST", 20,
-            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32,
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 16,
             "SOLVER.BASE_LR", 1e-3,
         ]
     )

@@ -113,6 +113,7 @@ def _ls_cfg(tmp_path, tiny_nt_set):
     return cfg
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_naming_iteration_and_term(tmp_path, tiny_nt_set):
     trainer = Trainer(_ls_cfg(tmp_path, tiny_nt_set))
     trainer.resume_or_load(resume=False)
@@ -161,6 +162,7 @@ def test_sigkill_then_resume_gives_the_weights_of_an_uninterrupted_run(tiny_data
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+@pytest.mark.slow
 def test_a_new_run_does_not_overwrite_another_runs_folder(tiny_datasets_root, tmp_path):
     args = ["--config-file", os.path.join(ROOT, "configs/nt_ls.yaml")] + TINY_OPTS
     out = tmp_path / "run"
@@ -204,6 +206,7 @@ def test_two_gloo_processes_train_and_evaluate_as_one(tiny_datasets_root, tmp_pa
     assert results[0]["nt"]["num_images"] == 6
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_on_cpu(tmp_path, tiny_nt_set):
     """Determinism: two trainings with one seed give identical weights (the
     synthetic set and the folds are byte-identical per seed: test_synthetic,

@@ -168,6 +168,7 @@ def test_component_timer_sums_repeated_calls_per_record():
     assert timer.records[1] == {}
 
 
+@pytest.mark.slow
 def test_memory_is_measured_in_its_own_process():
     m = measure_memory_in_subprocess(os.path.join(ROOT, "configs/nt_ls.yaml"), SMALL, 96, 128, reps=1, threads=1)
     assert m["peak_rss_mb"] >= m["rss_after_build_mb"] > 50

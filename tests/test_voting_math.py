@@ -8,7 +8,7 @@ import torch
 from scipy.signal import convolve2d, correlate2d
 from torchvision.ops import roi_align
 
-from voting_det.modeling.voting import (
+from voting_det.modeling import (
     PrimitiveVoting,
     bilinear_cell_weights,
     contributions,

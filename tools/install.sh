@@ -49,7 +49,7 @@ fi
 say "step 3/6: installing runtime and test dependencies"
 "${PIP[@]}" "numpy<2" "omegaconf>=2.1,<2.4" "setuptools<81" "opencv-python-headless<4.12" \
   fvcore iopath pycocotools yacs termcolor tabulate cloudpickle tensorboard hydra-core \
-  matplotlib pillow openpyxl scipy scikit-learn tqdm pytest hypothesis \
+  matplotlib pillow openpyxl scipy scikit-learn tqdm pytest pytest-xdist hypothesis \
   || fail "install runtime and test dependencies"
 
 # 4. detectron2 (keep an importable official one, else the registry repackaging)

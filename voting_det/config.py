@@ -377,7 +377,7 @@ def resolve_device(cfg: CN) -> None:
     import torch
 
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logging.getLogger(__name__).warning("MODEL.DEVICE=%s but no CUDA device is available: using the CPU", cfg.MODEL.DEVICE)
+        logging.getLogger(__name__).info("MODEL.DEVICE=%s but no CUDA device is available: using the CPU", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
 
 

@@ -19,7 +19,8 @@ half-written, and do not load into a model of another shape silently.
   model) is an error naming the keys, unless ``MODEL.CHECKPOINT.SKIP_MISMATCHED``
   asks to leave those parameters at their initial values.
 - Writing: to a temporary name, then renamed (``last_checkpoint`` too), so a
-  crash mid-write leaves the previous checkpoint usable.
+  crash mid-write leaves the previous checkpoint usable; ``model_final.pth``
+  holds the weights (and the iteration) without the optimizer's state.
 """
 import logging
 import os
@@ -47,6 +48,8 @@ LEGACY_RENAMES = (
     (re.compile(r"\.(fc|fc_g1|fc_g2)\.3\."), r".\1.fc2."),
 )
 LOCAL_BACKBONE, CONTEXT_BACKBONE = "backbone.", "context_backbone."
+# Name of the checkpoint detectron2's trainer writes at the end (weights only here).
+FINAL_MODEL = "model_final"
 
 
 def read_weights(path: str, trust_pickle: bool = False):
@@ -184,11 +187,15 @@ class SafeCheckpointer(DetectionCheckpointer):
                             report["loaded"], path, len(report["unused"]), report["adapted"])
 
     def save(self, name: str, **kwargs) -> None:
+        """Write ``name``.pth atomically. The final model holds the weights
+        and its iteration only (a tenth of a checkpoint that also carries
+        Adam's moments): resuming a finished run finds it finished."""
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
+        if name != FINAL_MODEL:
+            for key, obj in self.checkpointables.items():
+                data[key] = obj.state_dict()
         data.update(kwargs)
         save_file = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info("Saving checkpoint to %s", save_file)

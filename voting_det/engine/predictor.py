@@ -3,6 +3,8 @@
 by :class:`~.checkpoint.SafeCheckpointer` (no code run, mismatched shapes
 refused, earlier parameter names converted) instead of detectron2's own
 checkpointer."""
+import logging
+
 from detectron2.engine import DefaultPredictor
 
 from .checkpoint import SafeCheckpointer
@@ -16,7 +18,15 @@ def build_predictor(cfg) -> DefaultPredictor:
     blank.defrost()
     blank.MODEL.WEIGHTS = ""
     blank.freeze()
-    predictor = DefaultPredictor(blank)
+    # DefaultPredictor "loads" the blank weights and logs that it starts from
+    # scratch, before the real weights are read below: not shown
+    checkpoint_logger = logging.getLogger("fvcore.common.checkpoint")
+    level = checkpoint_logger.level
+    checkpoint_logger.setLevel(logging.WARNING)
+    try:
+        predictor = DefaultPredictor(blank)
+    finally:
+        checkpoint_logger.setLevel(level)
     predictor.cfg = cfg
     SafeCheckpointer.from_config(cfg, predictor.model).load(cfg.MODEL.WEIGHTS)
     return predictor
