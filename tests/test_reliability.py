@@ -53,6 +53,10 @@ def test_config_differences_ignore_new_keys_and_name_changed_ones(tmp_path):
     assert config_differences(saved, now) == ["SOLVER.LR: 0.1 saved, 0.2 now"]
     assert config_differences(saved.replace("SOLVER:\n  LR: 0.1\n", ""), saved) == []  # a newly added key
     assert config_differences(saved, "MODEL:\n  A: 1\n") == ["MODEL.B (only in the saved config)", "SOLVER.LR (only in the saved config)"]
+    # how weights are read and what inference explains are not the run's
+    explain = "MODEL:\n  EXPLAIN:\n    RANK_BY: alpha\n  CHECKPOINT:\n    TRUST_PICKLE: false\n  A: 1\n"
+    assert config_differences(explain, explain.replace("alpha", "contribution").replace("false", "true")) == []
+    assert config_differences(explain, explain.replace("A: 1", "A: 2")) == ["MODEL.A: 1 saved, 2 now"]
     (tmp_path / "config.yaml").write_text(saved)
     with pytest.raises(ValueError, match=r"SOLVER.LR: 0.1 saved, 0.2 now.*nothing was changed"):
         refuse_other_run(str(tmp_path), now)

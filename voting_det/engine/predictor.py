@@ -11,6 +11,9 @@ from .checkpoint import SafeCheckpointer
 
 __all__ = ["build_predictor"]
 
+# Loggers of detectron2's and fvcore's checkpointers.
+LOAD_LOGGERS = ("fvcore.common.checkpoint", "detectron2.checkpoint.detection_checkpoint")
+
 
 def build_predictor(cfg) -> DefaultPredictor:
     """A ``DefaultPredictor`` for ``cfg`` with ``cfg.MODEL.WEIGHTS`` loaded safely."""
@@ -18,15 +21,17 @@ def build_predictor(cfg) -> DefaultPredictor:
     blank.defrost()
     blank.MODEL.WEIGHTS = ""
     blank.freeze()
-    # DefaultPredictor "loads" the blank weights and logs that it starts from
-    # scratch, before the real weights are read below: not shown
-    checkpoint_logger = logging.getLogger("fvcore.common.checkpoint")
-    level = checkpoint_logger.level
-    checkpoint_logger.setLevel(logging.WARNING)
+    # DefaultPredictor "loads" the blank weights and logs that it reads "" and
+    # starts from scratch, before the real weights are read below: not shown
+    loggers = [logging.getLogger(name) for name in LOAD_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
     try:
         predictor = DefaultPredictor(blank)
     finally:
-        checkpoint_logger.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
     predictor.cfg = cfg
     SafeCheckpointer.from_config(cfg, predictor.model).load(cfg.MODEL.WEIGHTS)
     return predictor

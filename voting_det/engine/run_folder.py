@@ -24,14 +24,20 @@ def _flatten(d, prefix="") -> Dict[str, object]:
     return out
 
 
-def config_differences(saved_text: str, current_text: str, ignore=("OUTPUT_DIR",)) -> List[str]:
+# Keys that do not change what a training run computes: where it writes, how
+# weights files are read, and what inference attaches to its detections.
+NOT_OF_THE_RUN = ("OUTPUT_DIR", "MODEL.CHECKPOINT.", "MODEL.EXPLAIN.")
+
+
+def config_differences(saved_text: str, current_text: str, ignore=NOT_OF_THE_RUN) -> List[str]:
     """Keys whose values differ between two config dumps (YAML), and keys the
     saved one has that the current one lacks; keys only in the current dump
-    (newly added defaults) are not differences."""
+    (newly added defaults) and keys starting with an ``ignore`` entry (by
+    default :data:`NOT_OF_THE_RUN`) are not differences."""
     saved, current = _flatten(yaml.safe_load(saved_text)), _flatten(yaml.safe_load(current_text))
     out = []
     for key in sorted(saved):
-        if key in ignore:
+        if key.startswith(tuple(ignore)):
             continue
         if key not in current:
             out.append(f"{key} (only in the saved config)")
