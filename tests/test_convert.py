@@ -199,6 +199,9 @@ def test_cli_lists_problems_exits_nonzero_and_writes_nothing(bad, tmp_path):
         text=True,
     )
     assert result.returncode == 2
+    first, *problems = [line for line in result.stderr.splitlines() if line.strip()]
+    assert first.startswith("error: ") and "ObjectDetection.xlsx" in first and "--skip-invalid" in first, first
+    assert problems and all(line.startswith("  row ") for line in problems), result.stderr  # one line per problem
     for fname in ("nothere.png", "zero.png", "trunc.png", "nonnum.png", "out.png", "unknown.png", "amb.png"):
         assert f"row {_row_number(rows, fname)} ({fname})" in result.stderr
     assert not out.exists()

@@ -97,11 +97,12 @@ def test_resume_appends_only_new_images(tmp_path, suffix):
 
     out = str(tmp_path / f"pred{suffix}")
     first = predict_images(predictor, str(images), out, class_names=["NT"], progress=False)
-    assert first == {"images": 2, "skipped": 0, "processed": 1, "errors": 1, "detections": 2}
+    assert first == {"images": 2, "skipped": 0, "processed": 1, "errors": 1, "detections": 2, "predicted": 1}
     assert calls == [IMAGE_SHAPE + (3,)]
 
     again = predict_images(predictor, str(images), out, progress=False)
     assert again["skipped"] == 2 and again["processed"] == 0 and len(calls) == 1
+    assert again["predicted"] == 1  # b.png's rows of the first run; a.bad.png has only an error row
 
     _write_images(images, ["c.grey.png"])
     third = predict_images(predictor, str(images), out, progress=False)
@@ -183,6 +184,9 @@ def test_predict_cli_rows_resume_and_new_image(tiny_model_config, tmp_path):
 
     first = _run_predict(config_file, weights, images, output)
     assert "scan3.bad.png" in first.stderr
+    # the model ran: none of the known third-party messages, no "from scratch" before the weights load
+    for noise in ("Warning", "warnings.warn", "is_fx_tracing", "meshgrid", "No checkpoint found"):
+        assert noise not in first.stderr, first.stderr
     with open(output, newline="") as f:
         rows = list(csv.DictReader(f))
     by_file = _rows_by_file(rows)

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Cross-validate methods (the paper's Tables 1 to 3) and tabulate them.
 
-    python tools/benchmark.py --profile cpu --folds 0 --methods table1-r18
-    python tools/benchmark.py --profile cpu --folds 0 1 2 --methods table1
-    python tools/benchmark.py --profile cpu --tabulate-only --root benchmarks/results/runs --out benchmarks/results/table1_cpu_real
+    .venv/bin/python tools/benchmark.py --profile cpu --folds 0 --methods table1-r18
+    .venv/bin/python tools/benchmark.py --profile cpu --folds 0 1 2 --methods table1
+    .venv/bin/python tools/benchmark.py --profile cpu --tabulate-only --root benchmarks/results/runs --out benchmarks/results/table1_cpu_real
 
 Runs are resumable: rerun the same command after an interruption. With
 --archive DIR every finished run's small result files (metrics, detections,
@@ -13,15 +13,23 @@ names from benchmarks.runner.METHODS, or the groups table1,
 table1-r18 (Table 1 without the R50 rows), ablations (Tables 2 and 3), longer
 (LCF and Proposed's longer schedule, which starts from the LCF row's model).
 Profiles (--list shows them) are documented config overrides applied to every row.
+Options come before the ``KEY VALUE`` overrides. Exit status: 0 when done; 2 for
+a user error (one line, found before any training).
 """
-import argparse
 import os
-import sys
+import runpy
+
+# voting_det.cli.quiet_known_warnings, run before detectron2 is imported (import voting_det imports it)
+runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "voting_det", "cli.py"))["quiet_known_warnings"]()
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.runner import (ABLATIONS, LONGER, METHODS, PROFILES, TABLE1, archive_conflict,  # noqa: E402
                                archive_run, plan_runs, run_all)
+from voting_det import cli  # noqa: E402
 
 GROUPS = {
     "table1": list(TABLE1),
@@ -31,8 +39,9 @@ GROUPS = {
 }
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = argparse.ArgumentParser(prog="tools/benchmark.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="cpu", help=f"one of {sorted(PROFILES)}")
     p.add_argument("--dataset", default=None, help="registered set prefix; default: the profile's")
     p.add_argument("--methods", nargs="+", default=["table1-r18"], help="method names or groups " + ", ".join(GROUPS))
@@ -53,8 +62,13 @@ def parse_args(argv=None):
                    help="tools/benchmark_speed.py's JSON: adds each row's parameters, FLOPs and time at the "
                         "profile's test size to the table ('' to leave out)")
     p.add_argument("--list", action="store_true", help="list methods and profiles, then exit")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="extra overrides for every run, KEY VALUE ... (recorded)")
-    return p.parse_args(argv)
+    p.add_argument("opts", nargs=argparse.REMAINDER,
+                   help="extra overrides for every run, KEY VALUE ... (recorded), after every option")
+    return p
+
+
+def parse_args(argv=None):
+    return cli.parse_args(build_parser(), argv)
 
 
 def expand(methods):
@@ -74,21 +88,23 @@ def main(argv=None):
         for name, p in PROFILES.items():
             print(f"\nprofile {name} (data set {p.dataset}): {p.doc}\n  {' '.join(p.opts)}")
         return 0
+    if args.val_only and args.tabulate_only:
+        raise cli.UserError("--val-only trains; it cannot be combined with --tabulate-only: drop one of them")
     try:
         runs = plan_runs(expand(args.methods), args.folds, args.profile, args.root, args.dataset, args.opts)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.val_only and args.tabulate_only:
-        print("error: --val-only trains; it cannot be combined with --tabulate-only", file=sys.stderr)
-        return 2
+        raise cli.UserError(f"{e}; see tools/benchmark.py --list") from None
     # (an archive that is the runs' own folder, e.g. `make tables`, is left as it is)
     archive = args.archive if args.archive and os.path.abspath(args.archive) != os.path.abspath(args.root) else None
     conflicts = [c for c in (archive_conflict(r, archive) for r in runs) if c] if archive else []
     if conflicts:  # found before any training, not after hours of it
-        print("error: " + "\n       ".join(conflicts), file=sys.stderr)
-        return 2
+        raise cli.UserError(f"--archive {args.archive}: " + "; ".join(conflicts))
     if not args.tabulate_only:
+        for run in runs:  # every run's config, with the overrides, before any training
+            try:
+                run.frozen_configs()
+            except (KeyError, ValueError) as e:
+                raise cli.UserError(f"{run.folder}: {cli.error_message(e)}") from None
         run_all(runs, val_only=args.val_only, archive=archive)
     if archive:
         done = [archive_run(r, archive) for r in runs if r.finished()]
@@ -105,4 +121,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_tool(main)

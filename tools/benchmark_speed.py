@@ -2,7 +2,7 @@
 """Speed, memory, size and FLOPs of voting_det's models next to detectron2's
 own detectors, measured side by side in one process (issue 6).
 
-    python tools/benchmark_speed.py --out benchmarks/results/speed_cpu
+    .venv/bin/python tools/benchmark_speed.py --out benchmarks/results/speed_cpu
 
 Every model is built from the config of its Table 1 row (same test proposal
 count, detections per image and score threshold as the accuracy runs), with
@@ -11,16 +11,22 @@ depend on its weights once the number of proposals is fixed (100 here, as in
 the accuracy runs). Inference: ``torch.inference_mode``, batch 1, the image
 fed at the timed size (no resize), models interleaved in every repetition so
 that the ratios hold on a noisy machine. Peak memory: one subprocess per model.
-Writes ``speed.json`` and ``speed.md`` to ``--out``.
+Writes ``speed.json`` and ``speed.md`` to ``--out``. Exit status: 0 when
+written; 2 for a user error (one line, found before any timing).
 """
-import argparse
-import json
 import os
-import sys
-import time
+import runpy
 
-import numpy as np
-import torch
+# voting_det.cli.quiet_known_warnings, run before detectron2 is imported (import voting_det imports it)
+runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "voting_det", "cli.py"))["quiet_known_warnings"]()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -38,6 +44,7 @@ from benchmarks.speed import (  # noqa: E402
     time_interleaved,
     train_step_runner,
 )
+from voting_det import cli  # noqa: E402
 
 REFERENCE = "fpn_R50"
 PROPOSED = "proposed"
@@ -47,8 +54,9 @@ PROPOSAL_COUNTS = (50, 100, 200, 400)
 PRIMITIVE_COUNTS = (32, 64, 128, 256)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = argparse.ArgumentParser(prog="tools/benchmark_speed.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", default=list(TABLE1), choices=sorted(METHODS),
                    help="Table 1 rows to time (default: all of them)")
     p.add_argument("--sizes", nargs="+", default=["576x768", "480x683"],
@@ -70,14 +78,18 @@ def parse_args(argv=None):
                    help="also write torch.profiler's operator table of Proposed (first size) to profile_proposed.txt")
     p.add_argument("--only-profile", action="store_true", help="write the profile and stop (no timings)")
     p.add_argument("--out", required=True, help="output folder for speed.json and speed.md")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return cli.parse_args(build_parser(), argv)
 
 
 def _size(text):
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise SystemExit(f"error: --sizes entry {text!r} is not HxW (e.g. 576x768)") from None
+        raise cli.UserError(f"--sizes {text}: not HxW; give e.g. 576x768") from None
     return h, w
 
 
@@ -300,13 +312,17 @@ def write_markdown(report, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    sizes = [_size(s) for s in args.sizes]
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise cli.UserError(f"--device {args.device}: no CUDA device here; use --device cpu")
     names = list(args.methods)
     if PROPOSED in names:
         names.insert(names.index(PROPOSED) + 1, EXPLAIN)
-    sizes = [_size(s) for s in args.sizes]
+    for name in names:  # every model's config with --opts, before any timing
+        cli.load_config(*_model_spec(name, args.opts))
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
     report = {
         "command": "python " + " ".join([os.path.relpath(sys.argv[0], repo_root())] + sys.argv[1:]),
         "commit": git_commit(repo_root()), "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_info(args.device),
@@ -344,7 +360,8 @@ def main(argv=None):
             json.dump(report, f, indent=1)
         write_markdown(report, os.path.join(args.out, "speed.md"))
     log(f"wrote {os.path.join(args.out, 'speed.md')} and speed.json")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_tool(main)

@@ -3,7 +3,7 @@
 intervals, paired differences against the first one, and where each top-1 box
 fails (the per-branch / per-stage analysis of a Table 1 row).
 
-    python tools/compare_evals.py \\
+    .venv/bin/python tools/compare_evals.py \\
         "Proposed (fused)=output/benchmark/cpu/nt_real/proposed/fold0/eval/inference/nt_real_fold0_test" \\
         "local branch alone=output/diagnostics/.../local/inference/nt_real_fold0_test" \\
         --out benchmarks/results/diagnostics/proposed_fold0.md
@@ -17,17 +17,22 @@ with its own fold's model: every argument must then pool the same images.
 With --per-folder-ids an image in two pooled folders counts once per folder
 (overlapping validation splits of different folds, each evaluated by its own
 fold's model); every argument must then list its folders in the same order.
+Exit status: 0 when written; 2 for a user error (one line naming the argument).
 """
-import argparse
 import os
-import sys
-from types import SimpleNamespace
+import runpy
 
-import numpy as np
+# voting_det.cli.quiet_known_warnings, run before detectron2 is imported (import voting_det imports it)
+runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "voting_det", "cli.py"))["quiet_known_warnings"]()
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.tables import failure_lines  # noqa: E402
+from voting_det import cli  # noqa: E402
 from voting_det.evaluation import check_same_settings, load_records  # noqa: E402
 from voting_det.evaluation import metrics as M  # noqa: E402
 from voting_det.evaluation.evaluator import DETECTIONS_FILE  # noqa: E402
@@ -35,15 +40,20 @@ from voting_det.evaluation.evaluator import DETECTIONS_FILE  # noqa: E402
 KEYS = (("top1_acc", "top-1 acc / SEN"), ("paper_auc", "AUC"), ("paper_spe", "SPE"), ("mean_iou", "mean IoU"))
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = argparse.ArgumentParser(prog="tools/compare_evals.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("evals", nargs="+", help="LABEL=FOLDER with nt_detections.json; the first is the reference")
     p.add_argument("--num-bootstrap", type=int, default=1000)
     p.add_argument("--per-folder-ids", action="store_true",
                    help="pooled folders are evaluations by different models (e.g. each fold's own validation split): "
                         "an image id counts once per folder, paired with the same-position folder of every argument")
     p.add_argument("--out", help="write the Markdown here as well")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return cli.parse_args(build_parser(), argv)
 
 
 def _fmt(key, v):
@@ -51,6 +61,11 @@ def _fmt(key, v):
 
 
 def main(argv=None):
+    """The exit code (0, or 2 after a user error, its line on stderr)."""
+    return cli.exit_code(_compare, argv)
+
+
+def _compare(argv):
     args = parse_args(argv)
     loaded = []
     for item in args.evals:
@@ -59,15 +74,13 @@ def main(argv=None):
         paths = [os.path.join(folder, DETECTIONS_FILE) for folder in parts]
         missing = [p for p, folder in zip(paths, parts) if not folder or not (os.path.isfile(p) or os.path.isfile(p + ".gz"))]
         if not sep or missing:
-            print(f"error: {item!r} is not LABEL=FOLDER[{os.pathsep}FOLDER...] with a {DETECTIONS_FILE} (or {DETECTIONS_FILE}.gz) in each "
-                  f"FOLDER (missing: {', '.join(missing) or 'the LABEL='})", file=sys.stderr)
-            return 2
+            raise cli.UserError(f"{item!r}: not LABEL=FOLDER[{os.pathsep}FOLDER...] with a {DETECTIONS_FILE} (or "
+                                f"{DETECTIONS_FILE}.gz) in each FOLDER (missing: {', '.join(missing) or 'the LABEL='})")
         pieces = [load_records(p) for p in paths]
         try:  # pooled pieces must have been evaluated alike
             settings = check_same_settings({p: s for p, (_, s, _) in zip(paths, pieces)})
         except ValueError as e:
-            print(f"error: {label!r}: {e}", file=sys.stderr)
-            return 2
+            raise cli.UserError(f"{label!r}: {e}") from None
         records, where = [], {}
         for k, (path, (_, _, rs)) in enumerate(zip(paths, pieces)):
             for r in rs:
@@ -78,19 +91,20 @@ def main(argv=None):
         twice = {i: ps for i, ps in where.items() if len(ps) > 1}
         if twice:
             shown = "; ".join(f"{i} in {', '.join(ps)}" for i, ps in sorted(twice.items())[:5])
-            print(f"error: {label!r} pools {len(twice)} image id(s) more than once ({shown}): pool evaluations "
-                  "of different images, or pass --per-folder-ids if each folder is another model's evaluation "
-                  "(e.g. overlapping validation splits of different folds)", file=sys.stderr)
-            return 2
+            raise cli.UserError(f"{label!r}: pools {len(twice)} image id(s) more than once ({shown}); pool "
+                                "evaluations of different images, or pass --per-folder-ids if each folder is another "
+                                "model's evaluation (e.g. overlapping validation splits of different folds)")
         loaded.append((label, folders, settings, sorted(records, key=lambda r: str(r["image_id"]))))
-    common = check_same_settings({label: settings for label, _, settings, _ in loaded})
+    try:
+        common = check_same_settings({label: settings for label, _, settings, _ in loaded})
+    except ValueError as e:
+        raise cli.UserError(f"{', '.join(repr(label) for label, _, _, _ in loaded)}: {e}") from None
     ids = [str(r["image_id"]) for r in loaded[0][3]]
     for i, (label, folder, settings, records) in enumerate(loaded[1:], 1):
         try:
             loaded[i] = (label, folder, settings, M.align_records(loaded[0][3], records))
         except ValueError as e:
-            print(f"error: {label!r} was evaluated on other images than {loaded[0][0]!r}: {e}", file=sys.stderr)
-            return 2
+            raise cli.UserError(f"{label!r}: evaluated on other images than {loaded[0][0]!r}: {e}") from None
     stats = [M.analyse(r, iou=common["match_iou"], top_n=common["paper_top_n"]) for _, _, _, r in loaded]
     per_folder = " (image ids counted once per pooled folder: --per-folder-ids)" if args.per_folder_ids else ""
     # the options that change the numbers, so that the recorded command reproduces them
@@ -125,4 +139,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_tool(main)

@@ -4,18 +4,25 @@ into COCO JSON files with grouped, stratified cross-validation folds.
 
 Example (the real NT development set)::
 
-    python tools/convert_fetus_framework.py --root ../shared/data/fetus_framework_nt \\
+    .venv/bin/python tools/convert_fetus_framework.py --root ../shared/data/fetus_framework_nt \\
         --out datasets/nt_real --skip-invalid
 
-Exit status: 0 on success, 2 when the input has problems (all are listed, nothing
-is written) or the arguments are wrong.
+Exit status: 0 on success, 2 when the input has problems or the arguments are
+wrong: one ``error:`` line; for bad rows and images it is followed by every
+problem, one per line with its spreadsheet row number, and nothing is written.
 """
-import argparse
-import logging
-import sys
-import time
+import os
+import runpy
 
-from voting_det.data.fetus_framework import (
+# voting_det.cli.quiet_known_warnings, run before detectron2 is imported (import voting_det imports it)
+runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "voting_det", "cli.py"))["quiet_known_warnings"]()
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import time  # noqa: E402
+
+from voting_det import cli  # noqa: E402
+from voting_det.data.fetus_framework import (  # noqa: E402
     DEFAULT_NUM_FOLDS,
     DEFAULT_SEED,
     DEFAULT_STRUCTURES,
@@ -25,14 +32,12 @@ from voting_det.data.fetus_framework import (
     convert_fetus_framework,
     format_report,
 )
-from voting_det.data.folds import DEFAULT_PHASH_THRESHOLD, PHASH_BITS
-from voting_det.data.spreadsheet import SpreadsheetError
-
-EXIT_BAD_INPUT = 2
+from voting_det.data.folds import DEFAULT_PHASH_THRESHOLD, PHASH_BITS  # noqa: E402
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tools/convert_fetus_framework.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="folder with ObjectDetection.xlsx and the images (read only)")
     parser.add_argument("--out", required=True, help="output folder for the COCO files")
     parser.add_argument(
@@ -62,7 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    args = cli.parse_args(build_parser(), argv)
     given = args.structures or [",".join(DEFAULT_STRUCTURES)]
     args.structures = [s.strip() for item in given for s in item.split(",") if s.strip()]
     return args
@@ -70,6 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    cli.check_input(args.root, "--root", "the folder holding ObjectDetection.xlsx and the images")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     try:
@@ -86,16 +96,17 @@ def main(argv=None) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
         )
-    except ConversionError as e:
-        print(f"error: {e}\nNothing was written.", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (FileExistsError, FileNotFoundError, SpreadsheetError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except ConversionError as e:  # the summary line, then every problem with its row number
+        first, *problems = str(e).splitlines()
+        raise cli.UserError(f"{first.rstrip(':')}; nothing was written: fix the spreadsheet or the image folder, "
+                            "or drop these rows with --skip-invalid",
+                            details=[p for p in problems if p.startswith("  ")]) from None
+    except ValueError as e:  # arguments the converter refuses (folds, fractions, structures)
+        raise cli.UserError(str(e)) from None
     print(format_report(report))
     print(f"wrote {args.out} (details in {REPORT_FILE}) in {time.perf_counter() - start:.1f} s")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_tool(main)

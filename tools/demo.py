@@ -12,26 +12,34 @@
    JSON traces, as tools/explain.py writes them).
 
 Existing outputs are reused, never overwritten (a finished stage is not
-trained again): delete the folders to start anew.
+trained again): delete the folders to start anew. Exit status: 0 when done; 2
+for a user error (one line naming the file or key, e.g. a misspelled override,
+found before anything is generated or trained).
 """
-import argparse
-import json
 import os
-import time
+import runpy
 
-import cv2
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.utils.logger import setup_logger
-from detectron2.utils.visualizer import Visualizer
+# voting_det.cli.quiet_known_warnings, run before detectron2 is imported (import voting_det imports it)
+runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "voting_det", "cli.py"))["quiet_known_warnings"]()
 
-import voting_det  # noqa: F401  (registers data sets and components)
-from voting_det.data.fetus_framework import convert_fetus_framework, format_report
-from voting_det.data.image_io import read_scan
-from voting_det.data.synthetic import generate_synthetic_nt
-from voting_det.engine import build_predictor
-from voting_det.engine.two_stage import stage_configs, train_two_stage, trained_config
-from voting_det.interpretation import Explainer
-from voting_det.interpretation.explain import common_root, explain_images, output_stem
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import cv2  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.utils.visualizer import Visualizer  # noqa: E402
+
+import voting_det  # noqa: F401,E402  (registers data sets and components)
+from voting_det import cli  # noqa: E402
+from voting_det.data.fetus_framework import convert_fetus_framework, format_report  # noqa: E402
+from voting_det.data.image_io import read_scan  # noqa: E402
+from voting_det.data.synthetic import generate_synthetic_nt  # noqa: E402
+from voting_det.engine import build_predictor  # noqa: E402
+from voting_det.engine.two_stage import stage_configs, train_two_stage, trained_config  # noqa: E402
+from voting_det.interpretation import Explainer  # noqa: E402
+from voting_det.interpretation.explain import common_root, explain_images, output_stem  # noqa: E402
 
 # Size of the demo's synthetic set: enough for 3 folds, generated in seconds.
 DEMO_NUM_IMAGES = 240
@@ -41,21 +49,24 @@ DEMO_SIZE = (576, 768)
 # on the short CPU schedule at reduced resolution of configs/Base-Demo-Schedule.yaml
 # (the full schedule is in configs/Base-NT-Common.yaml).
 DEMO_CONFIGS = ("configs/nt_lcf_demo.yaml", "configs/nt_voting_demo.yaml")
+# Trained on fold 0's training split, tested on its test split.
+FOLD0_OPTS = ("DATASETS.TRAIN", "('nt_fold0_train',)", "DATASETS.TEST", "('nt_fold0_test',)")
 NUM_DRAWN = 4
 # Test images explained with trace-back panels (about 10 s each on a CPU).
 NUM_EXPLAINED = 2
 
 
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = argparse.ArgumentParser(prog="tools/demo.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", default=os.getenv("DETECTRON2_DATASETS", "datasets"),
                    help="data set root (DETECTRON2_DATASETS); the demo writes nt_synthetic/ and nt/ there")
     p.add_argument("--output-dir", default="output/demo", help="training, evaluation and drawings")
     p.add_argument("--num", type=int, default=DEMO_NUM_IMAGES, help="number of synthetic images")
     p.add_argument("--seed", type=int, default=DEMO_SEED, help="generator and fold seed")
     p.add_argument("--workers", type=int, default=2, help="generator processes")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="more config overrides, KEY VALUE ...")
-    return p.parse_args()
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="more config overrides, KEY VALUE ..., after every option")
+    return p
 
 
 def make_data(args):
@@ -117,15 +128,20 @@ def explain_predictions(cfg, out_dir):
     return [stem + ".png" for stem in stems if os.path.isfile(stem + ".png")]
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = cli.parse_args(build_parser(), argv)
+    if args.num < 1 or args.workers < 1:
+        raise cli.UserError(f"--num {args.num} --workers {args.workers}: both must be >= 1")
+    # every config error before anything is generated or trained (the data sets are registered already)
+    opts = list(FOLD0_OPTS) + list(args.opts)
+    for path in DEMO_CONFIGS:
+        cli.load_config(path, opts)
     setup_logger(name="voting_det")
     setup_logger()
     start = time.perf_counter()
     make_data(args)
 
     print("[demo] 3/6 training Proposed on fold 0: stage 1 LCF, then stage 2 the whole network")
-    opts = ["DATASETS.TRAIN", "('nt_fold0_train',)", "DATASETS.TEST", "('nt_fold0_test',)"] + list(args.opts)
     stage1, stage2 = stage_configs(*DEMO_CONFIGS, args.output_dir, opts)
     results = train_two_stage(stage1, stage2)
 
@@ -149,7 +165,8 @@ def main():
           f"  metrics     {args.output_dir}/metrics.json\n"
           f"  drawings    {', '.join(drawn)}\n"
           f"  explained   {', '.join(explained)} (how to read them: docs/interpretation.md)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_tool(main)

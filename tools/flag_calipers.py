@@ -8,12 +8,12 @@ row is searched whole (flag not validated: overlays count there).
 Examples (the real NT development set)::
 
     # flags for every image, and a summary
-    python tools/flag_calipers.py --root ../shared/data/fetus_framework_nt --out /tmp/calipers.json
+    .venv/bin/python tools/flag_calipers.py --root ../shared/data/fetus_framework_nt --out /tmp/calipers.json
     # agreement with the hand labels (dev half, held-out test half, all)
-    python tools/flag_calipers.py --root ../shared/data/fetus_framework_nt \\
+    .venv/bin/python tools/flag_calipers.py --root ../shared/data/fetus_framework_nt \\
         --check benchmarks/results/caliper_labels.csv
     # re-derive the thresholds from the dev half (then evaluate them)
-    python tools/flag_calipers.py --root ../shared/data/fetus_framework_nt \\
+    .venv/bin/python tools/flag_calipers.py --root ../shared/data/fetus_framework_nt \\
         --check benchmarks/results/caliper_labels.csv --choose
 
 The output JSON maps each image's path relative to ``--root`` (the COCO
@@ -26,18 +26,23 @@ folder; matched by name), ``calipers`` (0/1), ``note`` and optionally ``set``,
 ``split`` (dev / test / other), ``style`` (coloured / plus, for positives) and
 ``box`` ("x0 y0 x1 y1": a region label instead of the image's NT box).
 
-Exit status: 0 on success, 2 on bad input.
+Exit status: 0 on success, 2 on bad input (one ``error:`` line naming the file).
 """
-import argparse
-import csv
-import json
 import os
-import posixpath
-import sys
-from collections import Counter
-from typing import Dict, List, Optional, Sequence, Tuple
+import runpy
 
-import numpy as np
+# voting_det.cli.quiet_known_warnings, run before detectron2 is imported (import voting_det imports it)
+runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "voting_det", "cli.py"))["quiet_known_warnings"]()
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import json  # noqa: E402
+import posixpath  # noqa: E402
+import sys  # noqa: E402
+from collections import Counter  # noqa: E402
+from typing import Dict, List, Optional, Sequence, Tuple  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -49,16 +54,17 @@ from benchmarks.calipers import (  # noqa: E402
     caliper_evidence,
     read_image,
 )
+from voting_det import cli  # noqa: E402
 from voting_det.data.fetus_framework import SPREADSHEET_NAME, index_images  # noqa: E402
-from voting_det.data.spreadsheet import SpreadsheetError, read_object_detection_xlsx  # noqa: E402
-from voting_det.utils import natural_key  # noqa: E402
+from voting_det.data.spreadsheet import read_object_detection_xlsx  # noqa: E402
+from voting_det.utils import IMAGE_EXTENSIONS, natural_key  # noqa: E402
 
-EXIT_BAD_INPUT = 2
 STRUCTURE = "NT"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tools/flag_calipers.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="folder with ObjectDetection.xlsx and the images (read only)")
     parser.add_argument("--out", help="write {file_name: {calipers, score, ...}} for every image to this JSON file")
     parser.add_argument("--check", metavar="CSV", help="hand labels to compare with (precision / recall / accuracy)")
@@ -71,7 +77,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--colour-threshold", type=float, default=COLOUR_THRESHOLD)
     parser.add_argument("--plus-threshold", type=float, default=PLUS_THRESHOLD)
     parser.add_argument("--outline-threshold", type=float, default=OUTLINE_THRESHOLD)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = cli.parse_args(parser, argv)
     if not args.out and not args.check:
         parser.error("nothing to do: give --out and/or --check")
     if args.choose and not args.check:
@@ -301,9 +312,8 @@ def check(args, index, boxes) -> int:
     for row in labels:
         relative = resolve(row["file_name"], index)
         if relative is None:
-            print(f"{args.check}:{row['line']}: no single image named {row['file_name']!r} under {args.root}",
-                  file=sys.stderr)
-            return EXIT_BAD_INPUT
+            raise cli.UserError(f"{args.check}:{row['line']}: no single image named {row['file_name']!r} under "
+                                f"{args.root}; fix the label or the --root")
         region = [row["box"]] if row["box"] else boxes.get(relative, [])
         found = measurer.cues(relative, region)
         # The flag is max over boxes of max over cues of cue / threshold: keep each cue's maximum.
@@ -313,13 +323,11 @@ def check(args, index, boxes) -> int:
     if args.choose:
         dev = [m for m in measured if m["split"] == "dev"]
         if not dev:
-            print("--choose: no rows with split 'dev'", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            raise cli.UserError(f"--choose: {args.check} has no rows with split 'dev' to choose the thresholds on")
         try:
             thresholds = choose_thresholds(dev)
         except ValueError as e:
-            print(f"--choose: {e}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            raise cli.UserError(f"--choose: {e}") from None
     print("thresholds: " + ", ".join(f"{n} {t:.2f}" for n, t in zip(CUES, thresholds)) + f"; margin {args.margin} px")
     for m in measured:
         m["score"] = score([m[n] for n in CUES], thresholds)
@@ -358,30 +366,30 @@ def check(args, index, boxes) -> int:
 
 
 def main(argv=None) -> int:
+    """The exit code (0, or 2 after bad input, its line on stderr)."""
+    return cli.exit_code(_flag, argv)
+
+
+def _flag(argv) -> int:
     args = parse_args(argv)
     if not os.path.isdir(args.root):
-        print(f"--root {args.root}: not a folder", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise cli.MissingFileError(f"--root {args.root}: not a folder; give the data set folder")
     index = index_images(args.root)
     if not index:
-        print(f"--root {args.root}: no images ({', '.join(IMAGE_EXTENSIONS)}) below it", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
-        boxes, skipped = nt_boxes(args.root, index)
-    except SpreadsheetError as e:
-        print(e, file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise cli.MissingFileError(f"--root {args.root}: no images ({', '.join(IMAGE_EXTENSIONS)}) below it; give "
+                                   "the data set folder")
+    if args.check:
+        cli.check_input(args.check, "--check", "a CSV of hand labels")
+    boxes, skipped = nt_boxes(args.root, index)  # SpreadsheetError: a user error
     images = sum(len(v) for v in index.values())
     print(f"{images} images below {args.root}; {len(boxes)} with an NT box"
           + (f"; spreadsheet rows skipped: {dict(skipped)}" if skipped else ""))
-    status = 0
     if args.check:
         try:
-            status = check(args, index, boxes)
-        except (OSError, ValueError) as e:
-            print(e, file=sys.stderr)
-            return EXIT_BAD_INPUT
-    if args.out and status == 0:
+            check(args, index, boxes)
+        except ValueError as e:  # read_labels: a malformed label file, naming it
+            raise cli.UserError(str(e)) from None
+    if args.out:
         out = flag_all(args, index, boxes)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
@@ -389,8 +397,8 @@ def main(argv=None) -> int:
             f.write("\n")
         print(f"\nwrote {args.out}")
         print(summarize(out, thresholds_of(args)))
-    return status
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_tool(main)

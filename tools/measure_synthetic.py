@@ -19,26 +19,32 @@ doi:10.17632/n2rbrb9t4f.1, CC-BY-4.0) and writes
 
 Usage::
 
-    python tools/measure_synthetic.py --synthetic /tmp/synthetic_nt \\
+    .venv/bin/python tools/measure_synthetic.py --synthetic /tmp/synthetic_nt \\
         [--real ../shared/data/fetus_framework_nt] [--out benchmarks/results] \\
         [--examples docs/images/synthetic_examples.png --examples-seed 0]
 
 ``--examples`` also draws a grid of synthetic images (rendered afresh from
 ``--examples-seed``) with the NT box in red, distractor boxes in yellow and
-the other structures in green.
+the other structures in green. Exit status: 0 when written; 2 for a user error
+(one line naming the file).
 """
-import argparse
-import csv
-import json
 import os
-import posixpath
-import sys
-import tempfile
-import time
+import runpy
 
-import cv2
-import numpy as np
-from scipy.stats import ks_2samp
+# voting_det.cli.quiet_known_warnings, run before detectron2 is imported (import voting_det imports it)
+runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "voting_det", "cli.py"))["quiet_known_warnings"]()
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import json  # noqa: E402
+import posixpath  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy.stats import ks_2samp  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)  # benchmarks/ is in the checkout, not in the installed package
@@ -49,6 +55,7 @@ from benchmarks.baselines_simple import (  # noqa: E402
     fit_mean_box,
     mean_box_prediction,
 )
+from voting_det import cli  # noqa: E402
 from voting_det.data.fetus_framework import ALL_FILE, convert_fetus_framework  # noqa: E402
 from voting_det.data.synthetic import (  # noqa: E402
     METADATA_FILENAME,
@@ -202,15 +209,22 @@ def describe(values) -> dict:
             "p5": float(np.percentile(v, 5)), "p95": float(np.percentile(v, 95))} if len(v) else {}
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tools/measure_synthetic.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--synthetic", required=True, help="a set written by tools/make_synthetic_nt.py")
     parser.add_argument("--real", default=DEFAULT_REAL, help="the real NT set (default: %(default)s)")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "benchmarks", "results"))
     parser.add_argument("--seed", type=int, default=0, help="seed of the pixel sampling")
     parser.add_argument("--examples", help="also write a grid of example images with boxes to this PNG")
     parser.add_argument("--examples-seed", type=int, default=0, help="synthetic seed of the example images")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> dict:
+    args = cli.parse_args(build_parser(), argv)
+    for name in (SPREADSHEET_FILENAME, METADATA_FILENAME):
+        cli.check_input(os.path.join(args.synthetic, name), "--synthetic", "a set written by tools/make_synthetic_nt.py")
     start = time.perf_counter()
     rng = np.random.default_rng(args.seed)
 
@@ -313,4 +327,4 @@ def to_markdown(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_tool(main)

@@ -1,57 +1,77 @@
 #!/usr/bin/env python
 """Run a trained detector over an image or a folder and write a prediction table.
 
-    python tools/predict.py --config-file CFG.yaml --input IMAGE_OR_FOLDER \\
+    .venv/bin/python tools/predict.py --config-file CFG.yaml --input IMAGE_OR_FOLDER \\
         --output predictions.csv [--score-thresh 0.05] [KEY VALUE ...]
 
-e.g. ``... --output out.csv MODEL.WEIGHTS output/model_final.pth``. Folders are
-searched recursively for .png/.jpg/.jpeg/.bmp/.tif/.tiff images, in natural
-order. The table has one row per detection (``file``, ``image_height``,
-``image_width``, ``rank``, ``score``, ``class``, ``x0 y0 x1 y1``, ``error``): see
-``voting_det/inference.py``. ``.csv`` writes CSV; ``.json`` / ``.jsonl`` write
-JSON Lines (one object per line). Run it again to resume: images already in
-the table are skipped; a file that is not such a table is never overwritten.
+e.g. ``... --output out.csv MODEL.WEIGHTS output/model_final.pth`` (options
+before the ``KEY VALUE`` overrides). Folders are searched recursively for
+.png/.jpg/.jpeg/.bmp/.tif/.tiff images, in natural order. The table has one row
+per detection (``file``, ``image_height``, ``image_width``, ``rank``, ``score``,
+``class``, ``x0 y0 x1 y1``, ``error``): see ``voting_det/inference.py``.
+``.csv`` writes CSV; ``.json`` / ``.jsonl`` write JSON Lines (one object per
+line). Run it again to resume: images already in the table are skipped; a file
+that is not such a table is never overwritten.
+
+Exit status: 0 when the table holds predictions; 2 for a user error (one line
+naming the file or key, found before the model loads, nothing written); 1 when
+no image could be read (the table of error rows is written).
 """
-import argparse
-import logging
+import os
+import runpy
 
-from detectron2.engine import DefaultPredictor
-from tqdm.contrib.logging import logging_redirect_tqdm
+# voting_det.cli.quiet_known_warnings, run before detectron2 is imported (import voting_det imports it)
+runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "voting_det", "cli.py"))["quiet_known_warnings"]()
 
-import voting_det  # noqa: F401  (registers the data sets)
-from voting_det.config import setup_cfg
-from voting_det.engine.checkpoint import SafeCheckpointer
-from voting_det.inference import class_names_from_cfg, predict_images
+import argparse  # noqa: E402
+import logging  # noqa: E402
+
+from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
+
+import voting_det  # noqa: F401,E402  (registers the data sets)
+from voting_det import cli  # noqa: E402
+from voting_det.engine import build_predictor  # noqa: E402
+from voting_det.inference import (  # noqa: E402
+    CSV_SUFFIX,
+    JSON_LINES_SUFFIXES,
+    NotAPredictionFileError,
+    check_prediction_output,
+    class_names_from_cfg,
+    predict_images,
+)
 
 # Score-threshold keys of the detectron2 heads, set by --score-thresh (as detectron2's demo does).
 SCORE_THRESH_KEYS = ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.RETINANET.SCORE_THRESH_TEST")
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = argparse.ArgumentParser(prog="tools/predict.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", required=True, metavar="FILE", help="model config (YAML)")
     p.add_argument("--input", required=True, help="an image, or a folder searched recursively")
     p.add_argument("--output", required=True, help="the table: .csv, or .json/.jsonl (JSON Lines)")
     p.add_argument("--score-thresh", type=float, default=None,
                    help="keep detections scoring at least this (default: the config's test threshold)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
-                   help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth")
-    return p.parse_args(argv)
+    return cli.add_overrides(p)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s %(levelname)s] %(message)s")
+    args = cli.parse_args(build_parser(), argv)
+    # every user error before the model is built (nothing written until then)
     thresholds = [] if args.score_thresh is None else [v for key in SCORE_THRESH_KEYS for v in (key, args.score_thresh)]
-    cfg = setup_cfg(args.config_file, list(args.opts) + thresholds)
+    cfg = cli.load_config(args.config_file, list(args.opts) + thresholds)
+    cli.input_images(args.input)
+    cli.check_suffix(args.output, (CSV_SUFFIX,) + JSON_LINES_SUFFIXES)
+    try:
+        check_prediction_output(args.output)
+    except NotAPredictionFileError as e:
+        raise cli.UserError(f"--output {e}; choose another --output (a file that is not such a table is never "
+                            "replaced)") from None
+    cli.check_weights(cfg)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s %(levelname)s] %(message)s")
     # detectron2's predictor, its weights read by SafeCheckpointer (no code
     # execution, shape mismatches refused)
-    blank = cfg.clone()
-    blank.defrost()
-    blank.MODEL.WEIGHTS = ""
-    predictor = DefaultPredictor(blank)
-    SafeCheckpointer.from_config(cfg, predictor.model).load(cfg.MODEL.WEIGHTS)
+    predictor = build_predictor(cfg)
     with logging_redirect_tqdm():
         summary = predict_images(
             predictor,
@@ -67,7 +87,13 @@ def main(argv=None):
         f"{summary['skipped']} already in {args.output}, {summary['errors']} unreadable; "
         f"{summary['detections']} detection(s) written"
     )
+    if not summary["predicted"]:
+        raise cli.NothingProcessedError(
+            f"--input {args.input}: none of its {summary['images']} image(s) could be read; {args.output} lists "
+            "them as error rows (delete those rows to retry them after fixing the files)"
+        )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_tool(main)

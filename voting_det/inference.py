@@ -34,7 +34,6 @@ import io
 import json
 import logging
 import os
-import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -52,6 +51,7 @@ __all__ = [
     "NotAPredictionFileError",
     "UNREADABLE_IMAGE",
     "PredictionWriter",
+    "check_prediction_output",
     "class_names_from_cfg",
     "detection_rows",
     "error_row",
@@ -62,7 +62,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Image files found in an input folder (compared case-insensitively).
 # Columns of a prediction table, in order.
 PREDICTION_FIELDS = ("file", "image_height", "image_width", "rank", "score", "class", "x0", "y0", "x1", "y1", "error")
 BOX_FIELDS = ("x0", "y0", "x1", "y1")
@@ -234,29 +233,44 @@ def read_predictions(path: str) -> List[Row]:
     return _parse_table(path, _complete_text(path, text, json_lines), json_lines)
 
 
+def _existing_table(path: str, json_lines: bool) -> Tuple[str, str, List[Row]]:
+    """``(text, complete_text, rows)`` of an existing output (empty when there is
+    none), read only; a file that is not one of our tables raises
+    :class:`NotAPredictionFileError`."""
+    if not os.path.exists(path):
+        return "", "", []
+    with open(path, encoding="utf-8", newline="") as f:
+        text = f.read()
+    complete = _complete_text(path, text, json_lines)
+    return text, complete, _parse_table(path, complete, json_lines) if complete else []
+
+
+def check_prediction_output(path: str) -> None:
+    """Raise as :class:`PredictionWriter` would for ``path`` (a wrong suffix, an
+    existing file that is not a prediction table), without touching it: run
+    before the model is loaded."""
+    _existing_table(path, _is_json_lines(path))
+
+
 class PredictionWriter:
     """Appends image rows to a prediction table, resuming an existing one.
 
     On opening, an existing table is validated (a foreign file raises
     :class:`NotAPredictionFileError` and is left untouched), an incomplete last
-    line is cut off, and :attr:`done` holds the files it already has.
+    line is cut off, and :attr:`done` holds the files it already has,
+    :attr:`failed` those of them recorded as errors.
     """
 
     def __init__(self, path: str):
         self.path = path
         self._json_lines = _is_json_lines(path)
-        self.done = set()
-        complete = ""
-        if os.path.exists(path):
-            with open(path, encoding="utf-8", newline="") as f:
-                text = f.read()
-            complete = _complete_text(path, text, self._json_lines)
-            if complete:
-                self.done = {row["file"] for row in _parse_table(path, complete, self._json_lines)}
-            if len(complete) < len(text):
-                logger.warning("%s: dropped an incomplete last line (an interrupted run)", path)
-                with open(path, "r+b") as f:
-                    f.truncate(len(complete.encode("utf-8")))
+        text, complete, rows = _existing_table(path, self._json_lines)
+        self.done = {row["file"] for row in rows}
+        self.failed = {row["file"] for row in rows if row["error"]}
+        if len(complete) < len(text):
+            logger.warning("%s: dropped an incomplete last line (an interrupted run)", path)
+            with open(path, "r+b") as f:
+                f.truncate(len(complete.encode("utf-8")))
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._file = open(path, "a", encoding="utf-8", newline="")
         if not complete and not self._json_lines:
@@ -273,6 +287,7 @@ class PredictionWriter:
         else:
             self._append(_csv_text([["" if row[f] is None else row[f] for f in PREDICTION_FIELDS] for row in rows]))
         self.done.update(row["file"] for row in rows)
+        self.failed.update(row["file"] for row in rows if row["error"])
 
     def close(self) -> None:
         self._file.close()
@@ -298,10 +313,12 @@ def predict_images(
     Images are read by :func:`voting_det.data.image_io.read_scan` as training
     reads them (BGR, grey scans replicated to 3 channels); an unreadable one is
     logged as a warning and recorded as an error row. Returns counts: ``images`` found, ``skipped``
-    (already in the table), ``processed``, ``errors``, ``detections``.
+    (already in the table), ``processed``, ``errors``, ``detections``, and ``predicted``: the
+    images found that the table now holds predictions of (not error rows), this run's or an
+    earlier one's; 0 when there were images means that nothing could be processed.
     """
     root, files = list_images(input_path)
-    summary = {"images": len(files), "skipped": 0, "processed": 0, "errors": 0, "detections": 0}
+    summary = {"images": len(files), "skipped": 0, "processed": 0, "errors": 0, "detections": 0, "predicted": 0}
     with PredictionWriter(output_path) as writer:
         todo = [f for f in files if f not in writer.done]
         summary["skipped"] = len(files) - len(todo)
@@ -318,5 +335,6 @@ def predict_images(
             writer.write(rows)
             summary["processed"] += 1
             summary["detections"] += sum(row["rank"] != NO_DETECTION_RANK for row in rows)
+        summary["predicted"] = sum(f in writer.done and f not in writer.failed for f in files)
     logger.info("%s: %s", output_path, summary)
     return summary
