@@ -64,6 +64,7 @@ def small_cfg(config: str):
             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
             "MODEL.EXPLAIN.ENABLED", "True",
             "MODEL.EXPLAIN.TOP_PRIMITIVES", "3",
+            "MODEL.EXPLAIN.RANK_BY", "alpha",  # the ranking the golden was recorded with
         ],
     )
 

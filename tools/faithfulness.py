@@ -2,7 +2,7 @@
 """Measure whether voting_det's explanations are faithful: the deletion test
 and the stability check (docs/interpretation.md).
 
-    python tools/faithfulness.py --config-file output/demo/stage2_voting/config.yaml \\
+    .venv/bin/python tools/faithfulness.py --config-file output/demo/stage2_voting/config.yaml \\
         --dataset nt_fold0_test --output output/demo/faithfulness [--num-images 40] [--draws 5] \\
         [--shift-px 8] [--synthetic-seed 0] MODEL.WEIGHTS output/demo/stage2_voting/model_final.pth
 
@@ -15,17 +15,27 @@ shifts of ``--shift-px`` pixels and, on the synthetic set (``--synthetic-seed``:
 the generator's seed), with new speckle. Writes DIR/faithfulness.json (all
 numbers, per image too), DIR/faithfulness.png (curves) and DIR/summary.md
 (the table printed at the end). Existing files are refused unless ``--overwrite``.
+
+Exit status: 0 when the files are written; 2 for a user error (one line naming
+the file or key, found before the model loads where it can be); 1 when no
+image had a detection (nothing written).
 """
-import argparse
-import logging
 import os
+import runpy
 
-from tqdm.contrib.logging import logging_redirect_tqdm
+# voting_det.cli.quiet_known_warnings, run before detectron2 is imported (import voting_det imports it)
+runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "voting_det", "cli.py"))["quiet_known_warnings"]()
 
-import voting_det  # noqa: F401  (registers the data sets and the model)
-from voting_det.interpretation import Explainer, check_new_paths, save_json
-from voting_det.interpretation.explain import dataset_records, setup_cfg
-from voting_det.interpretation.faithfulness import (
+import argparse  # noqa: E402
+import logging  # noqa: E402
+
+from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
+
+import voting_det  # noqa: F401,E402  (registers the data sets and the model)
+from voting_det import cli  # noqa: E402
+from voting_det.interpretation import Explainer, check_new_paths, save_json  # noqa: E402
+from voting_det.interpretation.explain import dataset_records, setup_cfg  # noqa: E402
+from voting_det.interpretation.faithfulness import (  # noqa: E402
     DEFAULT_NUM_IMAGES,
     DEFAULT_RANDOM_DRAWS,
     DEFAULT_SHIFT_PX,
@@ -36,10 +46,13 @@ from voting_det.interpretation.faithfulness import (
 )
 
 OUTPUT_FILES = ("faithfulness.json", "faithfulness.png", "summary.md")
+# How run_faithfulness's error starts when no image had a detection (a run that tested nothing).
+NO_DETECTION = "no image had a detection"
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = argparse.ArgumentParser(prog="tools/faithfulness.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", required=True, metavar="FILE", help="the model's config (YAML)")
     p.add_argument("--dataset", required=True, help="a registered data set split, e.g. nt_fold0_test")
     p.add_argument("--output", required=True, help="folder for faithfulness.json / .png and summary.md")
@@ -55,11 +68,12 @@ def parse_args(argv=None):
     p.add_argument("--extra-tau", default="0.5",
                    help="also rank by alpha_k computed with these trace thresholds tau (Eq. 3), comma-separated; "
                         "'' for none")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
-                   help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth")
-    args = p.parse_args(argv)
+    return cli.add_overrides(p, overwrite="replace existing outputs")
+
+
+def parse_args(argv=None):
+    p = build_parser()
+    args = cli.parse_args(p, argv)
     if args.num_images < 1:
         p.error(f"--num-images must be >= 1, got {args.num_images}")
     for name in ("draws", "shift_px", "speckle_draws"):
@@ -78,17 +92,25 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s %(levelname)s] %(message)s")
+    # every user error before the model is built (nothing written until then)
     paths = [os.path.join(args.output, name) for name in OUTPUT_FILES]
     check_new_paths(paths, args.overwrite)
     cfg = setup_cfg(args.config_file, args.opts)
     records = dataset_records(args.dataset, args.num_images)
+    cli.check_weights(cfg)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s %(levelname)s] %(message)s")
     explainer = Explainer(cfg)
-    with logging_redirect_tqdm():
-        result = run_faithfulness(explainer, records, num_images=args.num_images, num_random=args.draws,
-                                  seed=args.seed, shift_px=args.shift_px, synthetic_seed=args.synthetic_seed,
-                                  speckle_draws=args.speckle_draws, extra_taus=args.extra_tau,
-                                  progress=not args.no_progress)
+    try:
+        with logging_redirect_tqdm():
+            result = run_faithfulness(explainer, records, num_images=args.num_images, num_random=args.draws,
+                                      seed=args.seed, shift_px=args.shift_px, synthetic_seed=args.synthetic_seed,
+                                      speckle_draws=args.speckle_draws, extra_taus=args.extra_tau,
+                                      progress=not args.no_progress)
+    except ValueError as e:
+        if not str(e).startswith(NO_DETECTION):
+            raise
+        raise cli.NothingProcessedError(f"--dataset {args.dataset}: none of its first {len(records)} image(s) had a "
+                                        "detection, so there is nothing to test; nothing was written") from None
     result["command"] = {"config_file": args.config_file, "dataset": args.dataset, "weights": cfg.MODEL.WEIGHTS,
                          "opts": list(args.opts)}
     os.makedirs(args.output, exist_ok=True)
@@ -99,7 +121,8 @@ def main(argv=None):
         f.write(f"Model {cfg.MODEL.WEIGHTS}, data set {args.dataset}\n\n{summary}\n")
     print(summary)
     print(f"\nwrote {', '.join(paths)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_tool(main)

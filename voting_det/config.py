@@ -14,6 +14,7 @@ from detectron2.config import CfgNode as CN
 
 __all__ = [
     "EXPLAIN_RANKINGS",
+    "EXPLAIN_REFERENCE_FILE",
     "PICKLE_SUFFIXES",
     "UnsafeWeightsError",
     "MODEL_ZOO_PREFIX",
@@ -60,8 +61,15 @@ def add_voting_config(cfg: CN) -> None:
 
 
 # Rankings of the primitives a trace keeps maps of (MODEL.EXPLAIN.RANK_BY): the
-# trace-back score alpha_k (Eq. 3, the paper's) or the contribution c_k.
-EXPLAIN_RANKINGS = ("alpha", "contribution")
+# contribution c_k (the most faithful in the deletion test, docs/interpretation.md),
+# the trace-back score alpha_k (Eq. 3, the paper's), or the contrastive score (this
+# image's vote share c_k / Phi(x^) minus its mean over the training images, which
+# needs the reference file of MODEL.EXPLAIN.REFERENCE). Ties are broken by a
+# second key (voting_det.modeling.voting_level.RANKING_KEYS), never by index.
+EXPLAIN_RANKINGS = ("contribution", "alpha", "contrastive")
+# File name of the contrastive reference written beside the weights
+# (tools/explanation_specificity.py --write-reference) when MODEL.EXPLAIN.REFERENCE is "".
+EXPLAIN_REFERENCE_FILE = "explain_reference.json"
 
 
 def _add_explain_config(cfg: CN) -> None:
@@ -72,8 +80,13 @@ def _add_explain_config(cfg: CN) -> None:
     e.ENABLED = False
     # Primitives per level whose maps (Rs_k, D_k, Phi_k, Rc_k) the trace keeps.
     e.TOP_PRIMITIVES = 5
-    # Ranking of those primitives: "alpha" (Eq. 3, the paper's) or "contribution" (c_k).
-    e.RANK_BY = "alpha"
+    # Ranking of those primitives: "contribution" (c_k, the most faithful measured),
+    # "alpha" (Eq. 3, the paper's) or "contrastive" (c_k's share minus its training mean).
+    e.RANK_BY = "contribution"
+    # The contrastive ranking's reference (mean vote shares over the training images,
+    # voting_det.interpretation.specificity.write_reference); "" = EXPLAIN_REFERENCE_FILE
+    # beside MODEL.WEIGHTS. Read by voting_det.interpretation.Explainer.
+    e.REFERENCE = ""
 
 
 def validate_explain_config(cfg: CN) -> None:

@@ -3,8 +3,10 @@
 
 For the top detection of an image, the primitives are ranked (per level) by
 the trace-back score alpha_k (Eq. 3, the paper's), by their exact
-contribution c_k to the vote at the predicted centre, and by their response
-mass sum Rs_k; the top m of a ranking (m = 1, 2, 4, ..., K, at every level at
+contribution c_k to the vote at the predicted centre, by their response
+mass sum Rs_k and, when the model has a contrastive reference, by the
+contrastive score (vote share minus its training mean); ties of each ranking
+are broken as the trace breaks them (``RANKING_KEYS``); the top m of a ranking (m = 1, 2, 4, ..., K, at every level at
 once) are deleted *in the forward pass* (their response maps are zeroed before
 they vote, :func:`voting_det.modeling.voting.mask_primitives`), the local
 branch is run again on the same proposal, and we measure how far the local box
@@ -32,13 +34,16 @@ from detectron2.structures.boxes import matched_pairwise_iou
 
 from ..modeling.roi_heads import TRACE_PREFIX, fuse_predictions
 from ..modeling.trace_back import trace_back
+from ..modeling.voting_level import RANKING_KEYS, rank_primitives
 from .trace import Explainer, Explanation
 
-__all__ = ["CONTROL", "HEADLINE_METRIC", "METRICS", "RANDOM", "RANKINGS", "LocalIntervention", "deletion_sizes",
-           "deletion_test", "summarise"]
+__all__ = ["CONTRASTIVE", "CONTROL", "HEADLINE_METRIC", "METRICS", "RANDOM", "RANKINGS", "LocalIntervention",
+           "available_rankings", "deletion_sizes", "deletion_test", "ranking_order", "summarise"]
 
 # Rankings compared with random deletions, and the control (the m lowest by alpha).
+# CONTRASTIVE joins them when the traces carry it (a model with a contrastive reference).
 RANKINGS = ("alpha", "contribution", "response_mass")
+CONTRASTIVE = "contrastive"
 CONTROL = "lowest_alpha"
 RANDOM = "random"
 # What is measured after a deletion, relative to the undeleted run of the same proposal.
@@ -73,9 +78,20 @@ def _trace(instances: Instances, level: str, name: str, detection: int = 0) -> t
     return instances.get(f"{TRACE_PREFIX}{level}_{name}")[detection]
 
 
-def _order(values: torch.Tensor, descending: bool = True) -> np.ndarray:
-    """Indices sorted by value, ties in index order (a stable sort)."""
-    return torch.sort(values, descending=descending, stable=True).indices.numpy()
+def ranking_order(instances: Instances, level: str, ranking: str, detection: int = 0,
+                  descending: bool = True) -> np.ndarray:
+    """The primitives of ``level`` of one detection, best first by ``ranking``
+    (a key of ``RANKING_KEYS``), ties broken by its next keys exactly as
+    :meth:`~voting_det.modeling.voting_level.VotingLevel.trace` breaks them;
+    ``descending=False``: worst first."""
+    keys = [_trace(instances, level, key, detection) for key in RANKING_KEYS[ranking]]
+    return rank_primitives(keys, descending=descending).numpy()
+
+
+def available_rankings(instances: Instances, level: str) -> tuple:
+    """:data:`RANKINGS`, plus :data:`CONTRASTIVE` when the traces carry it."""
+    has = instances.has(f"{TRACE_PREFIX}{level}_{CONTRASTIVE}")
+    return RANKINGS + ((CONTRASTIVE,) if has else ())
 
 
 class LocalIntervention:
@@ -166,22 +182,22 @@ def _rankings(
 ) -> Dict[str, Dict[str, np.ndarray]]:
     """Per ranking, per level, the primitives best first."""
     inst, det = intervention.instances, intervention.detection
-    rankings: Dict[str, Dict[str, np.ndarray]] = {name: {} for name in RANKINGS}
+    names = available_rankings(inst, intervention.levels[0])
+    rankings: Dict[str, Dict[str, np.ndarray]] = {name: {} for name in names}
     rankings[CONTROL] = {}
     for tau in extra_taus:
         rankings[f"alpha_tau{tau:g}"] = {}
     modules = intervention.model.roi_heads.levels
     for level, module, out in zip(intervention.levels, modules, intervention.baseline_levels):
-        alpha = _trace(inst, level, "alpha", det)
-        rankings["alpha"][level] = _order(alpha)
-        rankings["contribution"][level] = _order(_trace(inst, level, "contributions", det))
-        rankings["response_mass"][level] = _order(_trace(inst, level, "response_mass", det))
-        rankings[CONTROL][level] = _order(alpha, descending=False)
+        for name in names:
+            rankings[name][level] = ranking_order(inst, level, name, det)
+        rankings[CONTROL][level] = ranking_order(inst, level, "alpha", det, descending=False)
         for tau in extra_taus:
             with torch.no_grad():
                 alpha_tau = trace_back(out.response_maps, module.primitives.spatial_templates(), out.vote_heatmap,
                                        tau=tau, normalize=normalize)[0].cpu()
-            rankings[f"alpha_tau{tau:g}"][level] = _order(alpha_tau)
+            ties = [_trace(inst, level, key, det) for key in RANKING_KEYS["alpha"][1:]]
+            rankings[f"alpha_tau{tau:g}"][level] = rank_primitives([alpha_tau] + ties).numpy()
     return rankings
 
 

@@ -3,14 +3,14 @@
 registered data set), and writing one panel + JSON trace per image."""
 import logging
 import os
+from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from tqdm import tqdm
 
-from ..config import setup_cfg as build_cfg
-from ..inference import list_images
+from .. import cli
 from .panel import render_panel
 from .trace import Explainer, check_new_paths, gt_boxes, image_trace, load_image, save_json
 
@@ -20,6 +20,7 @@ __all__ = [
     "explain_images",
     "gt_boxes",
     "input_records",
+    "output_paths",
     "output_stem",
     "setup_cfg",
 ]
@@ -32,31 +33,29 @@ DEFAULT_DETECTIONS = 3
 
 def setup_cfg(config_file: str, opts: Sequence[str] = (), top: Optional[int] = None) -> CfgNode:
     """:func:`voting_det.config.setup_cfg` of the file and the ``KEY VALUE``
-    overrides (frozen), after checking that the file exists. ``top`` sets
-    ``MODEL.EXPLAIN.TOP_PRIMITIVES``."""
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"--config-file {config_file}: not found; give the config.yaml next to the model "
-                                "(e.g. output/demo/stage2_voting/config.yaml)")
+    overrides (frozen) through :func:`voting_det.cli.load_config`: a missing
+    file, a bad key or value raise :class:`voting_det.cli.UserError` naming it.
+    ``top`` sets ``MODEL.EXPLAIN.TOP_PRIMITIVES``."""
     top_opts = () if top is None else ("MODEL.EXPLAIN.TOP_PRIMITIVES", str(top))
-    return build_cfg(config_file, list(opts) + list(top_opts))
+    return cli.load_config(config_file, list(opts) + list(top_opts))
 
 
 def dataset_records(name: str, num_images: Optional[int] = None) -> List[Dict]:
     """The first ``num_images`` records of a registered data set (all when None)."""
     if name not in DatasetCatalog.list():
         nt = sorted(n for n in DatasetCatalog.list() if n.startswith("nt"))
-        raise KeyError(f"--dataset {name}: not a registered data set; voting_det registers {nt} "
-                       "(below $DETECTRON2_DATASETS; make demo or tools/convert_fetus_framework.py create them)")
+        raise cli.UnknownNameError(f"--dataset {name}: not a registered data set; voting_det registers {nt} "
+                                   "(below $DETECTRON2_DATASETS; make demo or tools/convert_fetus_framework.py "
+                                   "create them)")
     records = DatasetCatalog.get(name)
     return records if num_images is None else records[:num_images]
 
 
 def input_records(path: str) -> Tuple[str, List[Dict]]:
     """``(root, records)`` for an image or a folder (searched recursively): one
-    record per image with ``file_name`` (and no annotations)."""
-    root, files = list_images(path)
-    if not files:
-        raise FileNotFoundError(f"--input {path}: no image (.png, .jpg, .jpeg, .bmp, .tif, .tiff) found")
+    record per image with ``file_name`` (and no annotations). A missing path or
+    a folder without images raises :class:`voting_det.cli.MissingFileError`."""
+    root, files = cli.input_images(path)
     return root, [{"file_name": os.path.join(root, f)} for f in files]
 
 
@@ -64,6 +63,18 @@ def output_stem(record: Dict, root: str, out_dir: str) -> str:
     """``out_dir`` / the image's path relative to ``root`` without its extension."""
     relative = os.path.relpath(record["file_name"], root)
     return os.path.join(out_dir, os.path.splitext(relative)[0])
+
+
+def output_paths(records: Sequence[Dict], root: str, out_dir: str) -> List[str]:
+    """Every file :func:`explain_images` may write (``<stem>.png`` and
+    ``<stem>.json`` per record); two records of one stem raise
+    :class:`voting_det.cli.UserError`."""
+    stems = [output_stem(r, root, out_dir) for r in records]
+    twice = sorted(s for s, n in Counter(stems).items() if n > 1)
+    if twice:
+        raise cli.UserError(f"{twice[0]}: two inputs map to this output name (same path without extension); "
+                            "rename one of them")
+    return [s + ext for s in stems for ext in (".png", ".json")]
 
 
 def explain_images(
@@ -85,11 +96,10 @@ def explain_images(
     (empty ``detections``) and no panel; an unreadable file is skipped with a
     warning. Returns the (png or "", json) pairs written.
     """
+    check_new_paths(output_paths(records, root, out_dir), overwrite)
     stems = [output_stem(r, root, out_dir) for r in records]
-    if len(set(stems)) != len(stems):
-        raise ValueError("two inputs map to the same output name (same path without extension); rename one")
-    check_new_paths([s + ext for s in stems for ext in (".png", ".json")], overwrite)
     options = dict(explainer.model.roi_heads.explain_options)
+    options["ranking"] = explainer.ranking  # the keys and, for "contrastive", the reference file
     written = []
     for record, stem in tqdm(list(zip(records, stems)), desc="explain", unit="image",
                              disable=not progress or len(records) < 2):

@@ -16,7 +16,6 @@ The names of those modules are importable from here too.
 from typing import Dict, Optional, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from .deletion import (
     CONTROL,
@@ -41,7 +40,7 @@ from .stability import (
     summarise_stability,
     synthetic_with_new_speckle,
 )
-from .trace import Explainer, load_image
+from .trace import Explainer, explain_records, shift_offsets
 
 __all__ = [
     "CONTROL",
@@ -92,13 +91,10 @@ def run_faithfulness(
     ties mean for this run).
     """
     chosen = list(records)[:num_images]
-    shifts = [(shift_px, 0), (-shift_px, 0), (0, shift_px), (0, -shift_px)] if shift_px else []
+    shifts = shift_offsets(shift_px)
     per_image, stability, used, skipped = [], [], [], []
-    for i, record in enumerate(tqdm(chosen, desc="faithfulness", unit="image", disable=not progress)):
-        path = record["file_name"]
-        image = load_image(path)
-        explanation = explainer(image)
-        if not len(explanation.instances):
+    for i, path, image, explanation in explain_records(explainer, chosen, "faithfulness", progress):
+        if explanation is None:
             skipped.append(path)
             continue
         result = deletion_test(explainer, explanation, num_random, np.random.default_rng([seed, i]), extra_taus)
@@ -128,7 +124,7 @@ def run_faithfulness(
     ties = {lvl: float(np.mean([img["alpha_ties"][lvl] for img in per_image])) for lvl in ks}
     notes.append("alpha ties: on average " + ", ".join(f"{ties[lvl]:.1f} of {ks[lvl]} primitives at {lvl}"
                                                         for lvl in ks)
-                 + " share the top alpha (ties are ranked in index order, i.e. arbitrarily)")
+                 + " share the top alpha (ties are ranked by their vote share c_k)")
     return {
         "settings": {"num_images": num_images, "random_draws": num_random, "seed": seed, "shift_px": shift_px,
                      "synthetic_seed": synthetic_seed,

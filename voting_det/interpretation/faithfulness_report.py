@@ -53,8 +53,9 @@ def plot_faithfulness(result: Dict, path: str, title: Optional[str] = None) -> F
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 3).ravel()
     styles = {"alpha": ("tab:blue", "-", "o"), "contribution": ("tab:red", "-", "s"),
-              "response_mass": ("tab:green", "-", "^"), CONTROL: ("grey", "--", "v"), RANDOM: ("black", ":", None)}
-    extra_colours = iter(["tab:purple", "tab:brown", "tab:olive", "tab:cyan"])
+              "response_mass": ("tab:green", "-", "^"), "contrastive": ("tab:purple", "-", "D"),
+              CONTROL: ("grey", "--", "v"), RANDOM: ("black", ":", None)}
+    extra_colours = iter(["tab:brown", "tab:olive", "tab:cyan"])
     for name in curves:
         if name not in styles:
             styles[name] = (next(extra_colours, "tab:pink"), "-", "d")
@@ -82,7 +83,8 @@ def plot_faithfulness(result: Dict, path: str, title: Optional[str] = None) -> F
     ax = axes[len(METRICS)]
     stab = result["stability"]["summary"]
     groups = [(kind, lvl) for kind, s in stab.items() for lvl in s["mean_overlap"]]
-    rankings = list(RANKINGS)
+    rankings = list(RANKINGS) + sorted({n for kind, lvl in groups for n in stab[kind]["mean_overlap"][lvl]}
+                                       - set(RANKINGS))
     width = 0.8 / len(rankings)
     for j, name in enumerate(rankings):
         values = [stab[kind]["mean_overlap"][lvl][name] for kind, lvl in groups]

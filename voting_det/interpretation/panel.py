@@ -3,7 +3,8 @@ a JSON trace (:func:`voting_det.interpretation.image_trace`).
 
 The page, top to bottom:
 
-1. the image with the boxes of the prediction: proposal x_p, each level's box
+1. one plain-language line (:func:`explanation_line`: which primitives placed
+   the box and where they respond most), then the image with the boxes of the prediction: proposal x_p, each level's box
    (coarse x_p', fine x_L), the context branch's x_G, the fused final box, the
    context boxes before (dashed) and after (solid) the deformation, and the
    ground truth when known; beside it a zoom on the structure;
@@ -26,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-__all__ = ["BOX_STYLES", "render_panel"]
+__all__ = ["BOX_STYLES", "explanation_line", "peak_place", "render_panel"]
 
 # Line styles of the boxes: (colour, line style, line width).
 BOX_STYLES = {
@@ -56,6 +57,93 @@ COLORBAR_HEIGHT = 0.55
 DPI = 100
 HIGHLIGHT = "tab:orange"
 PLAIN = "tab:blue"
+
+
+# Primitives per level named in the panel's plain-language line.
+LINE_PRIMITIVES = 3
+# Second key of each ranking (ties of the first are broken by it), as the x-labels say it.
+TIE_BREAK_NAMES = {"alpha": "vote share", "contribution": "alpha", "contrastive": "vote share"}
+
+
+def peak_place(point: Sequence[float], box: Sequence[float]) -> str:
+    """Where a primitive's strongest response ``point`` (x, y) lies relative
+    to ``box`` (XYXY), in words: left of / right of the box when clearly
+    beside it, else above it, on its upper edge, inside it, on its lower edge
+    or below it (bands of a quarter (edges) and half (beyond) the box height
+    around its top and bottom)."""
+    x, y = point
+    x0, y0, x1, y1 = box
+    w, h = max(x1 - x0, 1e-6), max(y1 - y0, 1e-6)
+    if x < x0 - 0.1 * w:
+        return "left of it"
+    if x > x1 + 0.1 * w:
+        return "right of it"
+    if y < y0 - 0.5 * h:
+        return "above it"
+    if y < y0 + 0.25 * h:
+        return "on its upper edge"
+    if y <= y1 - 0.25 * h:
+        return "inside it"
+    if y <= y1 + 0.5 * h:
+        return "on its lower edge"
+    return "below it"
+
+
+_PLACE_ORDER = ("on its upper edge", "inside it", "on its lower edge", "above it", "below it", "left of it",
+                "right of it")
+# Font size of the panel's line, and the length (characters) above which it shrinks to stay one line.
+LINE_FONT_SIZE = 10.5
+LINE_FITS_CHARS = 170
+LINE_MIN_FONT_SIZE = 7.5
+
+
+def _and(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def explanation_line(trace: Dict, detection: int = 0, per_level: int = LINE_PRIMITIVES) -> str:
+    """One plain-language sentence for the panel's top row: which primitives
+    (the first ``per_level`` of each level's ranking) placed the box, the
+    share of the vote at the centre they carry (for the contrastive ranking:
+    how many percentage points more than on a typical training image), and
+    where they respond most relative to the final box (:func:`peak_place` of
+    their peak points)."""
+    det = trace["detections"][detection]
+    rank_by = (trace.get("options") or {}).get("rank_by", "alpha")
+    levels = trace["levels"]
+    qualify = len(levels) > 1  # name the level beside each primitive where several levels share numbers
+    parts, places = [], {}
+    for lvl in levels:
+        tr = det["levels"][lvl]
+        chosen = [int(k) for k in tr["top_primitives"][:per_level]]
+        if not chosen:
+            continue
+        contrib = np.asarray(tr["contributions"], dtype=float)
+        total = float(tr["vote_at_centre"])
+        if rank_by == "contrastive" and tr.get("contrastive") is not None:
+            extra = 100 * float(np.asarray(tr["contrastive"], dtype=float)[chosen].sum())
+            amount = f"{extra:+.1f} points of the vote at the centre" if not parts else f"{extra:+.1f}"
+        else:
+            share = contrib[chosen].sum() / total if total > 0 else 0.0
+            amount = f"{share:.0%} of the vote at the centre" if not parts else f"{share:.0%}"
+        parts.append(f"{lvl} {', '.join(map(str, chosen))} ({amount})")
+        for k in chosen:
+            places.setdefault(peak_place(tr["peak_points"][k], det["box"]), {}).setdefault(lvl, []).append(str(k))
+    if not parts:
+        return ""
+    names = "primitives " + _and(parts)
+    if rank_by == "contrastive":
+        head = f"Compared with a typical image, {names} voted more for this box"
+    elif rank_by == "alpha":
+        head = f"Highest trace-back score α: {names}"
+    else:
+        head = f"{names[0].upper()}{names[1:]} placed the box"
+    where = []
+    for place in _PLACE_ORDER:
+        if place in places:
+            ks = "; ".join(f"{lvl} {', '.join(ks)}" if qualify else ", ".join(ks) for lvl, ks in places[place].items())
+            where.append(f"{place} ({ks})")
+    return f"{head}; they match best {_and(where)}."
 
 
 def _level_roles(levels: Sequence[str]) -> Dict[str, str]:
@@ -221,13 +309,22 @@ def _draw_bars(sub, trace, det, top):
             for k in chosen:
                 ax.text(k, values[k] + peak * 0.03, str(k), ha="center", va="bottom", fontsize=7, color=HIGHLIGHT)
         rank_by = trace["options"].get("rank_by", "alpha")
-        ranked = alpha if rank_by == "alpha" else contrib
+        contrastive = tr.get("contrastive")
+        if contrastive is not None:  # the reference: the mean share over the training images
+            mean_share = (share - np.asarray(contrastive, dtype=float)) * 100
+            axes[row, 1].scatter(np.arange(len(mean_share)), mean_share, marker="_", s=30, color="black",
+                                 linewidths=1.2, zorder=3, label="mean share over the training images")
+            axes[row, 1].legend(fontsize=7, loc="upper right", frameon=False)
+        ranked = {"alpha": alpha, "contribution": contrib}.get(rank_by)
+        if ranked is None:
+            ranked = np.asarray(contrastive, dtype=float) if contrastive is not None else contrib
         note = ""
         if chosen:
             last = ranked[chosen[-1]]
             tied, shown = int(np.sum(ranked == last)), int(np.sum(ranked[chosen] == last))
             if tied > shown:
-                note = f"; {tied} primitives tie at {last:.2f}, the first {shown} by index shown"
+                note = (f"; {tied} primitives tie at {last:.2f}, ordered by their "
+                        f"{TIE_BREAK_NAMES.get(rank_by, 'second key')}")
         axes[row, 0].set_xlabel(f"primitive k (orange: the top {len(chosen)} by {rank_by}, labelled with k{note})",
                                 fontsize=8)
         axes[row, 1].set_xlabel("primitive k", fontsize=8)
@@ -300,8 +397,10 @@ def _draw_level(sub, rgb, trace, det, lvl, top, roles):
                 ax.set_title(titles[name], fontsize=9)
             if col == 0:
                 share = contrib[k] / total if total > 0 else 0.0
-                ax.set_ylabel(f"k = {k}\nα {alpha[k]:.3f}\nc {share:.0%}", rotation=0, ha="right", va="center",
-                              fontsize=8.5, labelpad=4)
+                label = f"k = {k}\nα {alpha[k]:.3f}\nc {share:.0%}"
+                if tr.get("contrastive") is not None:  # share minus its training mean, in points
+                    label += f"\nΔ {100 * tr['contrastive'][k]:+.1f} pt"
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8.5, labelpad=4)
     for name, axes in columns.items():
         if axes:
             bar = sub.colorbar(images[name], ax=axes, location="bottom", shrink=0.8, aspect=35, pad=0.02)
@@ -350,6 +449,10 @@ def render_panel(
     FigureCanvasAgg(fig)
     subs = fig.subfigures(len(heights), 1, height_ratios=heights)
     _draw_top(subs[0], rgb, trace, det, gt_boxes, roles)
+    line = explanation_line(trace, detection)
+    if line:
+        size = max(LINE_MIN_FONT_SIZE, min(LINE_FONT_SIZE, LINE_FONT_SIZE * LINE_FITS_CHARS / len(line)))
+        subs[0].suptitle(line, fontsize=size)
     _draw_bars(subs[1], trace, det, top)
     for sub, lvl in zip(subs[2:], levels):
         _draw_level(sub, rgb, trace, det, lvl, top, roles)

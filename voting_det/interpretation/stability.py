@@ -16,7 +16,7 @@ import torch
 from detectron2.structures import Boxes, pairwise_iou
 
 from ..data.synthetic import render_synthetic_nt
-from .deletion import _order, _trace
+from .deletion import available_rankings, ranking_order
 from .trace import Explainer, Explanation, load_image
 
 __all__ = ["MATCH_IOU", "STABILITY_TOP", "shift_image", "stability_test", "summarise_stability",
@@ -72,15 +72,11 @@ def synthetic_with_new_speckle(path: str, seed: int, speckle_seeds: Sequence[int
 
 
 def _top_sets(explanation: Explanation, levels: Sequence[str], top: int, detection: int = 0) -> Dict:
+    """Per level, per ranking (:func:`~.deletion.available_rankings`), the set of
+    the top ``top`` primitives of one detection, ties broken as the trace does."""
     inst = explanation.instances
-    sets = {}
-    for lvl in levels:
-        sets[lvl] = {
-            "alpha": set(_order(_trace(inst, lvl, "alpha", detection))[:top].tolist()),
-            "contribution": set(_order(_trace(inst, lvl, "contributions", detection))[:top].tolist()),
-            "response_mass": set(_order(_trace(inst, lvl, "response_mass", detection))[:top].tolist()),
-        }
-    return sets
+    return {lvl: {name: set(ranking_order(inst, lvl, name, detection)[:top].tolist())
+                  for name in available_rankings(inst, lvl)} for lvl in levels}
 
 
 def stability_test(

@@ -15,17 +15,20 @@ branch without recomputing them (:mod:`voting_det.interpretation.faithfulness`).
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.structures import BoxMode, Instances
+from tqdm import tqdm
 
 from ..data.image_io import read_scan
 from ..engine.predictor import build_predictor
 from ..modeling import TRACE_PREFIX
+from ..modeling.voting_level import RANKING_KEYS
+from .reference import apply_reference, load_reference, reference_path
 
 __all__ = [
     "TRACE_FORMAT",
@@ -33,10 +36,12 @@ __all__ = [
     "Explanation",
     "as_bgr",
     "check_new_paths",
+    "explain_records",
     "image_trace",
     "load_image",
     "load_json",
     "save_json",
+    "shift_offsets",
     "to_jsonable",
 ]
 
@@ -109,6 +114,13 @@ class Explainer:
         cfg: a voting_det config (``MODEL.META_ARCHITECTURE: VotingRCNN``) with
             ``MODEL.WEIGHTS``; ``MODEL.EXPLAIN.ENABLED`` is switched on in a copy.
         top_primitives: overrides ``MODEL.EXPLAIN.TOP_PRIMITIVES`` when given.
+
+    The contrastive reference (mean vote shares over the training images,
+    :mod:`voting_det.interpretation.reference`) is read from
+    ``MODEL.EXPLAIN.REFERENCE`` (or ``explain_reference.json`` beside the
+    weights) when it exists: the traces then carry ``contrastive`` too.
+    ``MODEL.EXPLAIN.RANK_BY contrastive`` without it is refused
+    (FileNotFoundError naming the key and how to write it).
     """
 
     def __init__(self, cfg: CfgNode, top_primitives: Optional[int] = None):
@@ -132,6 +144,34 @@ class Explainer:
         self.predictor = build_predictor(cfg)
         self.model = self.predictor.model
         self.levels: List[str] = self.model.roi_heads.level_names
+        self.reference: Optional[Dict] = None
+        self.reference_file: Optional[str] = None
+        path = reference_path(cfg)
+        if os.path.isfile(path):
+            self.set_reference(load_reference(path, weights), path)
+        elif cfg.MODEL.EXPLAIN.RANK_BY == "contrastive":
+            raise FileNotFoundError(
+                f"config key MODEL.EXPLAIN.REFERENCE: {path} not found; the contrastive ranking needs the mean vote "
+                f"shares of the training images: write them with tools/explanation_specificity.py "
+                f"--write-reference (or choose MODEL.EXPLAIN.RANK_BY contribution)"
+            )
+
+    def set_reference(self, reference: Optional[Dict], file: Optional[str] = None) -> None:
+        """Use ``reference`` (a :func:`~voting_det.interpretation.reference.compute_reference`
+        dict; None: none) for the contrastive scores from now on."""
+        apply_reference(self.model, reference)
+        self.reference, self.reference_file = reference, file if reference is not None else None
+
+    @property
+    def ranking(self) -> Dict:
+        """How the traces rank the primitives: ``rank_by``, the keys in order
+        (ties of one broken by the next) and the contrastive reference used."""
+        rank_by = self.cfg.MODEL.EXPLAIN.RANK_BY
+        info = {"rank_by": rank_by, "keys": list(RANKING_KEYS[rank_by]), "reference": None}
+        if self.reference is not None:
+            info["reference"] = {"file": self.reference_file, "dataset": self.reference.get("dataset"),
+                                 "num_images": self.reference.get("num_images")}
+        return info
 
     @property
     def num_primitives(self) -> Dict[str, int]:
@@ -166,6 +206,21 @@ class Explainer:
             image_size=tuple(image.shape[:2]),
             input_size=captured["input_size"],
         )
+
+
+def explain_records(explainer: "Explainer", records: Sequence[Dict], desc: str, progress: bool = True
+                    ) -> Iterator[Tuple[int, str, np.ndarray, Optional[Explanation]]]:
+    """``(i, file name, image, explanation)`` for each record in order, with a
+    progress bar; the explanation is None when the image has no detection."""
+    for i, record in enumerate(tqdm(list(records), desc=desc, unit="image", disable=not progress)):
+        image = load_image(record["file_name"])
+        explanation = explainer(image)
+        yield i, record["file_name"], image, explanation if len(explanation.instances) else None
+
+
+def shift_offsets(shift_px: int) -> List[Tuple[int, int]]:
+    """The stability check's shifts: ``shift_px`` left, right, down and up (none for 0)."""
+    return [(shift_px, 0), (-shift_px, 0), (0, shift_px), (0, -shift_px)] if shift_px else []
 
 
 def _round(value: float) -> float:

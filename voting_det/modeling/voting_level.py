@@ -26,7 +26,18 @@ from .grid import cell_centres_of, enlarge_boxes, grid_to_image, interpolate_bil
 from .primitives import PrimitiveVoting
 from .voting import temperature
 
-__all__ = ["LevelOutput", "VotingLevel", "box_deltas", "fc_head"]
+__all__ = [
+    "RANKING_KEYS",
+    "LevelOutput",
+    "VotingLevel",
+    "box_deltas",
+    "contrastive_scores",
+    "explain_reference",
+    "fc_head",
+    "rank_primitives",
+    "set_explain_reference",
+    "vote_shares",
+]
 
 # Clamp of predicted log size changes, as detectron2's Box2BoxTransform (log(1000/16)).
 SIZE_DELTA_CLAMP = math.log(1000.0 / 16)
@@ -51,6 +62,68 @@ def fc_head(input_shape: ShapeSpec, fc_dims: Sequence[int]) -> Tuple[nn.Module, 
     for layer in head.fcs:
         layer.reset_parameters()
     return head, head.output_shape.channels
+
+
+# Trace fields each ranking of MODEL.EXPLAIN.RANK_BY sorts by, most significant
+# first: ties of the first (alpha saturates at 1 for every primitive that responds
+# in every cell of the crop) are broken by the second, then by the peak response;
+# only primitives equal on all three (no response at all) stay in index order.
+RANKING_KEYS = {
+    "contribution": ("contributions", "alpha", "peak_response"),
+    "alpha": ("alpha", "contributions", "peak_response"),
+    "contrastive": ("contrastive", "contributions", "peak_response"),
+    "response_mass": ("response_mass", "contributions", "peak_response"),
+}
+# Attribute of a VotingLevel holding the contrastive ranking's reference (K,), not a
+# buffer: it is not part of the weights (set_explain_reference).
+_REFERENCE_ATTRIBUTE = "_explain_reference"
+
+
+def rank_primitives(keys: Sequence[Tensor], descending: bool = True) -> Tensor:
+    """Indices ``(..., K)`` of the primitives sorted by ``keys`` (each ``(..., K)``)
+    lexicographically: by the first key, ties by the second, and so on (stable
+    sorts from the last key to the first); all keys equal keeps index order."""
+    order = None
+    for key in reversed(list(keys)):
+        values = key if order is None else key.gather(-1, order)
+        step = torch.sort(values, dim=-1, descending=descending, stable=True).indices
+        order = step if order is None else order.gather(-1, step)
+    return order
+
+
+def vote_shares(contributions: Tensor) -> Tensor:
+    """Each primitive's share of the vote at the predicted centre, c_k / Phi(x^)
+    (rows sum to 1; a row with no vote at all is 0)."""
+    total = contributions.sum(dim=-1, keepdim=True)
+    positive = total > 0
+    return torch.where(positive, contributions / torch.where(positive, total, torch.ones_like(total)),
+                       torch.zeros_like(contributions))
+
+
+def contrastive_scores(contributions: Tensor, reference: Tensor) -> Tensor:
+    """The contrastive ranking's score: this detection's vote share c_k / Phi(x^)
+    minus ``reference`` ``(K,)``, the mean share over the training images
+    (what this image's votes did beyond the typical image's)."""
+    return vote_shares(contributions) - reference.to(contributions)
+
+
+def set_explain_reference(level: "VotingLevel", mean_shares: Optional[Tensor]) -> None:
+    """Give ``level`` the contrastive reference (its K mean vote shares; None
+    removes it). Its traces then carry ``contrastive`` and may rank by it."""
+    if mean_shares is None:
+        level.__dict__.pop(_REFERENCE_ATTRIBUTE, None)
+        return
+    mean_shares = torch.as_tensor(mean_shares, dtype=torch.float32).flatten()
+    k = level.primitives.semantic_templates.shape[0]
+    if mean_shares.numel() != k:
+        raise ValueError(f"level {level.name}: the contrastive reference has {mean_shares.numel()} values, "
+                         f"the level has K = {k} primitives (a reference of another model?)")
+    level.__dict__[_REFERENCE_ATTRIBUTE] = mean_shares
+
+
+def explain_reference(level: "VotingLevel") -> Optional[Tensor]:
+    """The contrastive reference of ``level`` (:func:`set_explain_reference`), or None."""
+    return level.__dict__.get(_REFERENCE_ATTRIBUTE)
 
 
 @dataclasses.dataclass
@@ -167,7 +240,10 @@ class VotingLevel(nn.Module):
             out: a :meth:`forward` result, indexed to the R rows wanted.
             top: number of primitives whose maps are kept, ranked by ``rank_by``.
             tau, normalize: Eq. 3's options (``MODEL.VOTING.TRACE_TAU`` / ``TRACE_NORMALIZE``).
-            rank_by: one of :data:`voting_det.config.EXPLAIN_RANKINGS`.
+            rank_by: one of :data:`voting_det.config.EXPLAIN_RANKINGS`; ties
+                are broken by the next keys of :data:`RANKING_KEYS`.
+                "contrastive" needs the level's reference
+                (:func:`set_explain_reference`).
 
         Returns:
             dict of per-row tensors (S = min(top, K)): for all K primitives
@@ -181,7 +257,9 @@ class VotingLevel(nn.Module):
             ``vote_heatmap`` Phi and ``probabilities`` p (R, M, N),
             ``centre_cells`` and ``centres`` (soft-argmax, cell and image xy),
             ``temperature`` T, ``input_boxes``, ``crop_boxes`` and the level's
-            ``boxes`` (image XYXY) and ``probs`` (R, C+1). All detached.
+            ``boxes`` (image XYXY) and ``probs`` (R, C+1); with a contrastive
+            reference also ``contrastive`` (R, K) (:func:`contrastive_scores`).
+            All detached.
         """
         if rank_by not in EXPLAIN_RANKINGS:
             raise ValueError(f"config key MODEL.EXPLAIN.RANK_BY: must be one of {EXPLAIN_RANKINGS}, got {rank_by!r}")
@@ -193,13 +271,22 @@ class VotingLevel(nn.Module):
         Rs = out.response_maps
         r, k, m, n = Rs.shape
         alpha, contributions = explanation["alpha"], explanation["contributions_bilinear"]
-        ranking = alpha if rank_by == "alpha" else contributions
-        order = torch.sort(ranking, dim=1, descending=True, stable=True).indices[:, : min(top, k)]
+        peak_response, peak_index = Rs.reshape(r, k, m * n).max(dim=2)
+        scores = {"alpha": alpha, "contributions": contributions, "peak_response": peak_response}
+        reference = explain_reference(self)
+        if reference is not None:
+            scores["contrastive"] = contrastive_scores(contributions, reference)
+        elif rank_by == "contrastive":
+            raise ValueError(
+                f"config key MODEL.EXPLAIN.RANK_BY: 'contrastive' needs the mean vote shares of the training images "
+                f"(level {self.name} has none): write them with tools/explanation_specificity.py --write-reference "
+                f"and explain with voting_det.interpretation.Explainer, which reads MODEL.EXPLAIN.REFERENCE"
+            )
+        order = rank_primitives([scores[key] for key in RANKING_KEYS[rank_by]])[:, : min(top, k)]
 
         def pick(maps: Tensor) -> Tensor:
             return maps.gather(1, order[:, :, None, None].expand(-1, -1, *maps.shape[2:]))
 
-        peak_response, peak_index = Rs.reshape(r, k, m * n).max(dim=2)
         peak_cells = cell_centres_of(peak_index, self.grid_size).to(Rs)
         peak_points = grid_to_image(
             peak_cells.reshape(-1, 2), out.crop_boxes.repeat_interleave(k, dim=0), self.grid_size
@@ -228,4 +315,6 @@ class VotingLevel(nn.Module):
             "boxes": out.pred_boxes,
             "probs": F.softmax(out.logits, dim=1),
         }
+        if "contrastive" in scores:
+            trace["contrastive"] = scores["contrastive"]
         return {name: value.detach() for name, value in trace.items()}
