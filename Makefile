@@ -7,15 +7,15 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 
-.PHONY: help setup demo test test-fast synthetic convert-real clean-demo benchmark benchmark-synthetic ablations tables synthetic-data benchmark-speed
+.PHONY: help setup demo test test-fast need-real-nt synthetic convert-real clean-demo benchmark benchmark-synthetic ablations tables synthetic-data benchmark-speed
 
 help:
 	@echo "make demo          set up, then generate synthetic NT data, train LCF then Proposed, evaluate, draw predictions"
 	@echo "make test          set up, then run the whole test suite"
 	@echo "make test-fast     the suite without the slow tests (training, several processes), for everyday work"
 	@echo "make setup         only create/update $(VENV)"
-	@echo "make synthetic     (re)measure the synthetic set against the real one (needs ../shared/data)"
-	@echo "make convert-real  convert the real development data (../shared/data/fetus_framework_nt) to datasets/nt_real"
+	@echo "make synthetic     (re)measure the synthetic set against the real one (needs REAL_NT=/path/to/fetus_framework_nt)"
+	@echo "make convert-real  convert the public NT set (REAL_NT=/path/to/fetus_framework_nt) to datasets/nt_real"
 	@echo "make benchmark     Table 1 on the real data, cpu profile, 3 folds (hours; resumable: rerun to continue)"
 	@echo "make ablations     Tables 2 and 3 (K, O) on the real data, cpu profile, fold 0"
 	@echo "make benchmark-synthetic  Table 1 on the built-in synthetic set (make demo's: 240 images, seed 0)"
@@ -37,12 +37,16 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
-REAL_NT ?= ../shared/data/fetus_framework_nt
+# where the public NT set (Cui and Dong 2022, CC-BY-4.0; docs/data.md) was unpacked: give it,
+# e.g. make convert-real REAL_NT=/path/to/fetus_framework_nt
+REAL_NT ?=
+need-real-nt:
+	@test -n "$(REAL_NT)" || { echo "error: REAL_NT: not set; give the folder of the public NT set, e.g. make convert-real REAL_NT=/path/to/fetus_framework_nt (docs/data.md)" >&2; exit 2; }
 
-convert-real: setup
+convert-real: setup need-real-nt
 	$(PY) tools/convert_fetus_framework.py --root "$(REAL_NT)" --out $(DETECTRON2_DATASETS)/nt_real --skip-invalid
 
-synthetic: setup
+synthetic: setup need-real-nt
 	test -f $(DETECTRON2_DATASETS)/nt_synthetic_300/ObjectDetection.xlsx || \
 	  $(PY) tools/make_synthetic_nt.py --out $(DETECTRON2_DATASETS)/nt_synthetic_300 --num 300 --seed 0 --workers 2
 	$(PY) tools/measure_synthetic.py --synthetic $(DETECTRON2_DATASETS)/nt_synthetic_300 --real "$(REAL_NT)" --out benchmarks/results

@@ -4,7 +4,7 @@ into COCO JSON files with grouped, stratified cross-validation folds.
 
 Example (the real NT development set)::
 
-    .venv/bin/python tools/convert_fetus_framework.py --root ../shared/data/fetus_framework_nt \\
+    .venv/bin/python tools/convert_fetus_framework.py --root /path/to/fetus_framework_nt \\
         --out datasets/nt_real --skip-invalid
 
 Exit status: 0 on success, 2 when the input has problems or the arguments are

@@ -8,12 +8,12 @@ row is searched whole (flag not validated: overlays count there).
 Examples (the real NT development set)::
 
     # flags for every image, and a summary
-    .venv/bin/python tools/flag_calipers.py --root ../shared/data/fetus_framework_nt --out /tmp/calipers.json
+    .venv/bin/python tools/flag_calipers.py --root /path/to/fetus_framework_nt --out /tmp/calipers.json
     # agreement with the hand labels (dev half, held-out test half, all)
-    .venv/bin/python tools/flag_calipers.py --root ../shared/data/fetus_framework_nt \\
+    .venv/bin/python tools/flag_calipers.py --root /path/to/fetus_framework_nt \\
         --check benchmarks/results/caliper_labels.csv
     # re-derive the thresholds from the dev half (then evaluate them)
-    .venv/bin/python tools/flag_calipers.py --root ../shared/data/fetus_framework_nt \\
+    .venv/bin/python tools/flag_calipers.py --root /path/to/fetus_framework_nt \\
         --check benchmarks/results/caliper_labels.csv --choose
 
 The output JSON maps each image's path relative to ``--root`` (the COCO

@@ -20,7 +20,7 @@ doi:10.17632/n2rbrb9t4f.1, CC-BY-4.0) and writes
 Usage::
 
     .venv/bin/python tools/measure_synthetic.py --synthetic /tmp/synthetic_nt \\
-        [--real ../shared/data/fetus_framework_nt] [--out benchmarks/results] \\
+        [--real /path/to/fetus_framework_nt] [--out benchmarks/results] \\
         [--examples docs/images/synthetic_examples.png --examples-seed 0]
 
 ``--examples`` also draws a grid of synthetic images (rendered afresh from
