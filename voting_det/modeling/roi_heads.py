@@ -55,6 +55,15 @@ def _smooth_l1(pred: Tensor, target: Tensor, beta: float, num_samples: int) -> T
     return smooth_l1_loss(pred, target, beta, reduction="sum") / max(num_samples, 1)
 
 
+def _labels(proposals: List[Instances]) -> Tuple[Tensor, Tensor]:
+    """``gt_classes`` and ``gt_boxes`` of labelled proposals, concatenated (an
+    image without ground truth has no ``gt_boxes``: its proposal boxes stand in,
+    unused since all its samples are background)."""
+    gt_classes = cat([p.gt_classes for p in proposals])
+    gt_boxes = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals])
+    return gt_classes, gt_boxes
+
+
 def _foreground(gt_classes: Tensor, num_classes: int) -> Tensor:
     return (gt_classes >= 0) & (gt_classes < num_classes)
 
@@ -286,11 +295,10 @@ class VotingROIHeads(ROIHeads):
         return new
 
     # ------------------------------------------------------------------ losses
-    def level_losses(self, out: LevelOutput, proposals: List[Instances], level: str) -> Dict[str, Tensor]:
+    def level_losses(self, out: LevelOutput, proposals: List[Instances], level: VotingLevel) -> Dict[str, Tensor]:
         """Losses of one level (docs/method.md section 2, losses); keys
         ``loss_local_{cls,centre,size,heatmap}_{level}``."""
-        gt_classes = cat([p.gt_classes for p in proposals])
-        gt_boxes = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals])
+        gt_classes, gt_boxes = _labels(proposals)
         num = len(gt_classes)
         fg = _foreground(gt_classes, self.num_classes)
         input_boxes = out.input_boxes[fg]
@@ -308,18 +316,18 @@ class VotingROIHeads(ROIHeads):
             "heatmap": heatmap_loss(out.probabilities[fg], heat_target),
         }
         self._log_level(level, out, gt_classes, fg)
-        return {f"loss_local_{k}_{level}": v * w[k] for k, v in losses.items()}
+        return {f"loss_local_{k}_{level.name}": v * w[k] for k, v in losses.items()}
 
-    def _log_level(self, level: str, out: LevelOutput, gt_classes: Tensor, fg: Tensor) -> None:
+    def _log_level(self, level: VotingLevel, out: LevelOutput, gt_classes: Tensor, fg: Tensor) -> None:
         """Foreground count, classification accuracy and temperature of one
         level, into detectron2's EventStorage (TensorBoard, metrics.json)."""
         storage = get_event_storage()
         correct = (out.logits.detach().argmax(dim=1) == gt_classes).float()
-        storage.put_scalar(f"voting_{level}/num_fg_samples", float(fg.sum()))
-        storage.put_scalar(f"voting_{level}/cls_accuracy", float(correct.mean()) if len(correct) else 0.0)
-        primitives = self.levels[self.level_names.index(level)].primitives
+        storage.put_scalar(f"voting_{level.name}/num_fg_samples", float(fg.sum()))
+        storage.put_scalar(f"voting_{level.name}/cls_accuracy", float(correct.mean()) if len(correct) else 0.0)
+        primitives = level.primitives
         storage.put_scalar(
-            f"voting_{level}/temperature",
+            f"voting_{level.name}/temperature",
             float(temperature(primitives.log_temperature.detach(), *primitives.log_temperature_range)),
         )
 
@@ -331,7 +339,7 @@ class VotingROIHeads(ROIHeads):
         the context branch runs), the context head's and the fused
         prediction's, both on the first level's proposals."""
         losses = {}
-        for out, proposals, level in zip(outputs, level_proposals, self.level_names):
+        for out, proposals, level in zip(outputs, level_proposals, self.levels):
             losses.update(self.level_losses(out, proposals, level))
         if glob is None:
             return losses
@@ -346,8 +354,7 @@ class VotingROIHeads(ROIHeads):
     def _fused_losses(self, boxes: Tensor, probs: Tensor, proposals: List[Instances]) -> Dict[str, Tensor]:
         """Cross-entropy of the fused probabilities and smooth-L1 of the fused
         box's deltas relative to the proposal (docs/method.md section 4, the fused loss)."""
-        gt_classes = cat([p.gt_classes for p in proposals])
-        gt_boxes = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals])
+        gt_classes, gt_boxes = _labels(proposals)
         proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals])
         fg = _foreground(gt_classes, self.num_classes)
         log_probs = torch.log(probs.clamp_min(FUSED_PROB_EPS))
