@@ -36,7 +36,6 @@ from voting_det.modeling.voting_level import (
     VotingLevel,
     contrastive_scores,
     rank_primitives,
-    set_explain_reference,
     vote_shares,
 )
 
@@ -124,8 +123,8 @@ def test_contrastive_ranking_is_the_share_minus_the_stored_mean():
     with pytest.raises(ValueError, match=r"MODEL\.EXPLAIN\.RANK_BY.*--write-reference"):
         level.trace(out, top=3, rank_by="contrastive")
     with pytest.raises(ValueError, match="K = 3"):
-        set_explain_reference(level, torch.tensor([0.5, 0.5]))
-    set_explain_reference(level, torch.tensor([0.05, 0.45, 0.5]))
+        level.set_explain_reference(torch.tensor([0.5, 0.5]))
+    level.set_explain_reference(torch.tensor([0.05, 0.45, 0.5]))
     trace = level.trace(out, top=3, rank_by="contrastive")
     # shares 1/6, 2/6, 3/6 minus the mean shares 0.05, 0.45, 0.5
     expected = [1 / 6 - 0.05, 2 / 6 - 0.45, 3 / 6 - 0.5]
@@ -135,7 +134,7 @@ def test_contrastive_ranking_is_the_share_minus_the_stored_mean():
     assert trace["top_primitives"].tolist() == [[0, 2, 1]]
     # the other rankings are unchanged by the reference; removing it removes the field
     assert level.trace(out, top=3, rank_by="alpha")["top_primitives"].tolist() == [[2, 1, 0]]
-    set_explain_reference(level, None)
+    level.set_explain_reference(None)
     assert "contrastive" not in level.trace(out, top=3)
 
 

@@ -22,7 +22,7 @@ import torch
 
 from ..config import EXPLAIN_REFERENCE_FILE
 from ..modeling import TRACE_PREFIX
-from ..modeling.voting_level import set_explain_reference, vote_shares
+from ..modeling.voting_level import vote_shares
 
 __all__ = ["REFERENCE_FORMAT", "apply_reference", "compute_reference", "file_sha256", "load_reference",
            "reference_path", "save_reference"]
@@ -110,10 +110,10 @@ def apply_reference(model, reference: Optional[Dict]) -> None:
     levels = model.roi_heads.levels
     if reference is None:
         for level in levels:
-            set_explain_reference(level, None)
+            level.set_explain_reference(None)
         return
     names = [level.name for level in levels]
     if sorted(reference["levels"]) != sorted(names):
         raise ValueError(f"the contrastive reference has levels {sorted(reference['levels'])}, the model {names}")
     for level in levels:
-        set_explain_reference(level, torch.tensor(reference["levels"][level.name]["mean_share"]))
+        level.set_explain_reference(torch.tensor(reference["levels"][level.name]["mean_share"]))

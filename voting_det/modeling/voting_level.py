@@ -32,10 +32,8 @@ __all__ = [
     "VotingLevel",
     "box_deltas",
     "contrastive_scores",
-    "explain_reference",
     "fc_head",
     "rank_primitives",
-    "set_explain_reference",
     "vote_shares",
 ]
 
@@ -74,9 +72,6 @@ RANKING_KEYS = {
     "contrastive": ("contrastive", "contributions", "peak_response"),
     "response_mass": ("response_mass", "contributions", "peak_response"),
 }
-# Attribute of a VotingLevel holding the contrastive ranking's reference (K,), not a
-# buffer: it is not part of the weights (set_explain_reference).
-_REFERENCE_ATTRIBUTE = "_explain_reference"
 
 
 def rank_primitives(keys: Sequence[Tensor], descending: bool = True) -> Tensor:
@@ -105,25 +100,6 @@ def contrastive_scores(contributions: Tensor, reference: Tensor) -> Tensor:
     minus ``reference`` ``(K,)``, the mean share over the training images
     (what this image's votes did beyond the typical image's)."""
     return vote_shares(contributions) - reference.to(contributions)
-
-
-def set_explain_reference(level: "VotingLevel", mean_shares: Optional[Tensor]) -> None:
-    """Give ``level`` the contrastive reference (its K mean vote shares; None
-    removes it). Its traces then carry ``contrastive`` and may rank by it."""
-    if mean_shares is None:
-        level.__dict__.pop(_REFERENCE_ATTRIBUTE, None)
-        return
-    mean_shares = torch.as_tensor(mean_shares, dtype=torch.float32).flatten()
-    k = level.primitives.semantic_templates.shape[0]
-    if mean_shares.numel() != k:
-        raise ValueError(f"level {level.name}: the contrastive reference has {mean_shares.numel()} values, "
-                         f"the level has K = {k} primitives (a reference of another model?)")
-    level.__dict__[_REFERENCE_ATTRIBUTE] = mean_shares
-
-
-def explain_reference(level: "VotingLevel") -> Optional[Tensor]:
-    """The contrastive reference of ``level`` (:func:`set_explain_reference`), or None."""
-    return level.__dict__.get(_REFERENCE_ATTRIBUTE)
 
 
 @dataclasses.dataclass
@@ -193,11 +169,25 @@ class VotingLevel(nn.Module):
         self.primitives.log_temperature.requires_grad_(learn_temperature)
         m, n = self.grid_size
         self.fc, dim = fc_head(ShapeSpec(channels=in_channels, height=m, width=n), fc_dims)
+        # the contrastive reference (K mean vote shares over training images), not part of the weights
+        self.register_buffer("explain_reference", None, persistent=False)
         self.cls_score = nn.Linear(dim, num_classes + 1)
         self.size_pred = nn.Linear(dim, 2)
         for layer in (self.cls_score, self.size_pred):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.zeros_(layer.bias)
+
+    def set_explain_reference(self, mean_shares: Optional[Tensor]) -> None:
+        """Give this level the contrastive reference (its K mean vote shares;
+        None removes it). Its traces then carry ``contrastive`` and may rank by it."""
+        if mean_shares is not None:
+            mean_shares = torch.as_tensor(mean_shares, dtype=torch.float32).flatten()
+            k = self.primitives.semantic_templates.shape[0]
+            if mean_shares.numel() != k:
+                raise ValueError(f"level {self.name}: the contrastive reference has {mean_shares.numel()} values, "
+                                 f"the level has K = {k} primitives (a reference of another model?)")
+            mean_shares = mean_shares.to(self.primitives.semantic_templates.device)
+        self.explain_reference = mean_shares
 
     def crop(self, feature: Tensor, boxes: List[Boxes]) -> Tuple[Tensor, Tensor]:
         """ROIAlign of the enlarged boxes: crops ``(R, C, M, N)`` and crop boxes ``(R, 4)``."""
@@ -243,7 +233,7 @@ class VotingLevel(nn.Module):
             rank_by: one of :data:`voting_det.config.EXPLAIN_RANKINGS`; ties
                 are broken by the next keys of :data:`RANKING_KEYS`.
                 "contrastive" needs the level's reference
-                (:func:`set_explain_reference`).
+                (:meth:`set_explain_reference`).
 
         Returns:
             dict of per-row tensors (S = min(top, K)): for all K primitives
@@ -273,7 +263,7 @@ class VotingLevel(nn.Module):
         alpha, contributions = explanation["alpha"], explanation["contributions_bilinear"]
         peak_response, peak_index = Rs.reshape(r, k, m * n).max(dim=2)
         scores = {"alpha": alpha, "contributions": contributions, "peak_response": peak_response}
-        reference = explain_reference(self)
+        reference = self.explain_reference
         if reference is not None:
             scores["contrastive"] = contrastive_scores(contributions, reference)
         elif rank_by == "contrastive":
