@@ -46,6 +46,8 @@ class Method:
     # weights), then this config trained for the profile's whole schedule: the
     # longer schedule docs/method.md section 6 asks to report separately.
     stage1_from: str = ""
+    # The stage-1 config of a two-stage method.
+    stage1_config: str = "configs/nt_lcf.yaml"
 
 
 def _ablation(name, key, value, table):
@@ -63,6 +65,9 @@ METHODS: Dict[str, Method] = {
         Method("ls", "configs/nt_ls.yaml", label="LS (voting_det)"),
         Method("lcf", "configs/nt_lcf.yaml", label="LCF (voting_det)"),
         Method("proposed", "configs/nt_voting.yaml", True, label="Proposed (voting_det)"),
+        Method("lcf_bv", "configs/nt_lcf_bv.yaml", label="LCF-BV (voting_det; border votes, res2 level)"),
+        Method("proposed_bv", "configs/nt_voting_bv.yaml", True, stage1_config="configs/nt_lcf_bv.yaml",
+               label="Proposed-BV (voting_det; border votes, res2 level, one backbone, context in the score)"),
         Method("proposed_long", "configs/nt_voting.yaml", table="1-long", stage1_from="lcf",
                label="Proposed, longer schedule (the LCF row's model, then a full schedule jointly)"),
     ]
@@ -213,7 +218,7 @@ class Run:
 
         root = repo_root()
         if self.method.two_stage:
-            s1, s2 = stage_configs(os.path.join(root, "configs/nt_lcf.yaml"), os.path.join(root, self.method.config),
+            s1, s2 = stage_configs(os.path.join(root, self.method.stage1_config), os.path.join(root, self.method.config),
                                    self.folder, self.opts())
             return "# stage 1\n" + s1.dump() + "# stage 2\n" + s2.dump()
         cfg = setup_cfg(os.path.join(root, self.method.config), self._own_opts() + ["OUTPUT_DIR", self.train_dirs()[0]])
@@ -225,7 +230,7 @@ class Run:
         if self.method.two_stage:
             train = [py, os.path.join(root, "tools/train_voting.py"), "--dataset", self.dataset, "--fold", str(self.fold),
                      "--voting-config", os.path.join(root, self.method.config), "--lcf-config",
-                     os.path.join(root, "configs/nt_lcf.yaml"), "--output-dir", self.folder, *self.opts()]
+                     os.path.join(root, self.method.stage1_config), "--output-dir", self.folder, *self.opts()]
             eval_config = os.path.join(self.train_dirs()[-1], "config.yaml")
         else:
             train = [py, os.path.join(root, "tools/train_net.py"), "--config-file", os.path.join(root, self.method.config),

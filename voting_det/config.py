@@ -35,7 +35,7 @@ __all__ = [
 MODEL_ZOO_PREFIX = "model_zoo://"
 
 # Feature maps the primitive module can run on, with their strides.
-VOTING_LEVELS = {"res3": 8, "res4": 16}
+VOTING_LEVELS = {"res2": 4, "res3": 8, "res4": 16}
 
 
 def add_voting_config(cfg: CN) -> None:
@@ -200,6 +200,14 @@ def _add_voting_model_config(cfg: CN) -> None:
     v.LOSS_WEIGHT_CENTRE = 1.0
     v.LOSS_WEIGHT_SIZE = 1.0
     v.LOSS_WEIGHT_HEATMAP = 1.0
+    # Border votes (docs/method.md section 2b): axes along which the primitives
+    # also vote for the structure's two borders, "y" (upper and lower) and / or
+    # "x" (the two ends); the box's size along them is the distance between the
+    # voted borders instead of FC_L's regression. [] = the paper (FC_L's size).
+    v.BORDER_AXES = []
+    # Weight of the border heatmap loss (each border's soft-argmax probabilities
+    # against a Gaussian of HEATMAP_SIGMA at the true border).
+    v.LOSS_WEIGHT_BORDER = 1.0
     # Smooth-L1 beta of the centre and size losses.
     v.SMOOTH_L1_BETA = 0.1
     # Sigma (x, y) in cells of the heatmap target Gaussian at the true centre.
@@ -270,6 +278,12 @@ def _add_context_config(cfg: CN) -> None:
     c.LOSS_WEIGHT_FUSED = 1.0
     c.LOSS_WEIGHT_LOCAL = 1.0
     c.LOSS_WEIGHT_GLOBAL = 1.0
+    # True: the context head reads the local backbone's IN_FEATURE map (one
+    # backbone, no second ResNet); False: the paper's separate context network.
+    c.SHARE_BACKBONE = False
+    # Eq. 1 fuses the boxes too (the paper); False: the box is the local
+    # branch's and the context branch only enters the score.
+    c.FUSE_BOXES = True
 
 
 def _fail(key: str, message: str) -> None:
@@ -315,6 +329,10 @@ def validate_voting_config(cfg: CN) -> None:
         _fail("MODEL.VOTING.TRACE_TAU", f"must be in [0, 1), got {v.TRACE_TAU}")
     if v.POOLER_TYPE not in ("ROIAlign", "ROIAlignV2"):
         _fail("MODEL.VOTING.POOLER_TYPE", f"must be ROIAlign or ROIAlignV2, got {v.POOLER_TYPE!r}")
+    if len(set(v.BORDER_AXES)) != len(v.BORDER_AXES) or any(a not in ("x", "y") for a in v.BORDER_AXES):
+        _fail("MODEL.VOTING.BORDER_AXES", f"must be distinct axes of 'x', 'y' ([] = no border votes), got {list(v.BORDER_AXES)}")
+    if v.LOSS_WEIGHT_BORDER < 0:
+        _fail("MODEL.VOTING.LOSS_WEIGHT_BORDER", f"must be >= 0, got {v.LOSS_WEIGHT_BORDER}")
     out_features = set(cfg.MODEL.RESNETS.OUT_FEATURES)
     missing = [lvl for lvl in v.LEVELS if lvl not in out_features]
     if missing:
@@ -335,6 +353,12 @@ def validate_voting_config(cfg: CN) -> None:
             _fail("MODEL.CONTEXT.UNION_POOLER_SAMPLING_RATIO", f"must be >= 0 (0 = adaptive), got {c.UNION_POOLER_SAMPLING_RATIO}")
         if c.DEFORM_GAMMA < 0:
             _fail("MODEL.CONTEXT.DEFORM_GAMMA", f"must be >= 0, got {c.DEFORM_GAMMA}")
+        if c.SHARE_BACKBONE and c.IN_FEATURE not in out_features:
+            _fail("MODEL.CONTEXT.IN_FEATURE", f"with SHARE_BACKBONE the local backbone must output it "
+                  f"(MODEL.RESNETS.OUT_FEATURES {sorted(out_features)}), got {c.IN_FEATURE!r}")
+        if c.SHARE_BACKBONE and (c.INIT_FROM_LOCAL or c.PRETRAINED_BACKBONE):
+            _fail("MODEL.CONTEXT.SHARE_BACKBONE", "there is no context backbone to initialise: unset "
+                  "MODEL.CONTEXT.INIT_FROM_LOCAL and MODEL.CONTEXT.PRETRAINED_BACKBONE")
         if c.INIT_FROM_LOCAL and c.PRETRAINED_BACKBONE:
             _fail("MODEL.CONTEXT.INIT_FROM_LOCAL", "and MODEL.CONTEXT.PRETRAINED_BACKBONE both initialise the context "
                   "backbone; set one of them")

@@ -104,9 +104,11 @@ class VotingRCNN(GeneralizedRCNN):
         context_backbone: Optional[Backbone],
         context_feature: str,
         channels_last_stem: bool = False,
+        share_context: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.share_context = share_context
         self.register_load_state_dict_post_hook(refuse_partial_loads)
         self.context_backbone = context_backbone
         self.context_feature = context_feature
@@ -123,7 +125,7 @@ class VotingRCNN(GeneralizedRCNN):
         ret = super().from_config(cfg)
         c = cfg.MODEL.CONTEXT
         context_backbone = None
-        if c.ENABLED:
+        if c.ENABLED and not c.SHARE_BACKBONE:
             context_cfg = copy.deepcopy(cfg)
             context_cfg.defrost()
             context_cfg.MODEL.RESNETS.OUT_FEATURES = [c.IN_FEATURE]
@@ -131,6 +133,7 @@ class VotingRCNN(GeneralizedRCNN):
         ret.update(
             context_backbone=context_backbone,
             context_feature=c.IN_FEATURE,
+            share_context=bool(c.ENABLED and c.SHARE_BACKBONE),
             channels_last_stem=cfg.MODEL.VOTING.CHANNELS_LAST_STEM,
         )
         return ret
@@ -146,6 +149,9 @@ class VotingRCNN(GeneralizedRCNN):
         features = self.backbone(images.tensor)
         if self.context_backbone is not None:
             features[CONTEXT_FEATURES] = self.context_backbone(images.tensor)[self.context_feature]
+        elif self.share_context:
+            # MODEL.CONTEXT.SHARE_BACKBONE: one backbone for both branches
+            features[CONTEXT_FEATURES] = features[self.context_feature]
         return features
 
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):

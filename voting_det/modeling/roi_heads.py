@@ -24,6 +24,7 @@ from fvcore.nn import smooth_l1_loss
 from torch import Tensor, nn
 
 from ..config import VOTING_LEVELS, validate_explain_config, validate_voting_config
+from .borders import border_heatmap_target, temperature_of
 from .context_head import ContextOutput, build_context_head
 from .grid import image_to_grid
 from .voting import gaussian_heatmap_target, heatmap_loss, temperature
@@ -102,6 +103,7 @@ class VotingROIHeads(ROIHeads):
         fusion_init: float = 0.0,
         branch_loss_weights: Optional[Dict[str, float]] = None,
         test_mu: float = -1.0,
+        fuse_boxes: bool = True,
         return_intermediate: bool = False,
         explain: bool = False,
         explain_options: Optional[Dict[str, object]] = None,
@@ -122,6 +124,8 @@ class VotingROIHeads(ROIHeads):
             fusion_init: initial fusion logit m, mu = sigmoid(m).
             branch_loss_weights: keys fused, local, global (context only).
             test_mu: a fixed mu in [0, 1] at inference; -1 keeps the learned one.
+            fuse_boxes: Eq. 1 fuses the boxes too; False keeps the local box
+                (the context branch enters the score only).
             return_intermediate: attach the per-branch boxes and scores to the detections.
             explain: also attach each detection's trace (``trace_<level>_<name>``).
             explain_options: ``top``, ``rank_by``, ``tau``, ``normalize`` of the trace.
@@ -131,7 +135,7 @@ class VotingROIHeads(ROIHeads):
         self.proposal_matchers = [None] + [
             Matcher([rematch_iou], [0, 1], allow_low_quality_matches=False) for _ in levels[1:]
         ]
-        self.loss_weights = dict(loss_weights)
+        self.loss_weights = {"border": 1.0, **loss_weights}
         self.smooth_l1_beta = smooth_l1_beta
         self.heatmap_sigma = tuple(heatmap_sigma)
         self.test_score_thresh = test_score_thresh
@@ -141,6 +145,7 @@ class VotingROIHeads(ROIHeads):
         self.fusion_logit = nn.Parameter(torch.tensor(float(fusion_init))) if context_head is not None else None
         self.branch_loss_weights = dict(branch_loss_weights or {"fused": 1.0, "local": 1.0, "global": 1.0})
         self.test_mu = test_mu
+        self.fuse_boxes = fuse_boxes
         self.return_intermediate = return_intermediate
         self.explain = explain
         self.explain_options = dict(explain_options or {"top": 5, "rank_by": "alpha", "tau": 0.0, "normalize": False})
@@ -174,6 +179,7 @@ class VotingROIHeads(ROIHeads):
                     log_temperature_range=tuple(v.LOG_TEMPERATURE_RANGE),
                     learn_temperature=v.LEARN_TEMPERATURE,
                     fc_dims=v.FC_DIMS,
+                    border_axes=tuple(v.BORDER_AXES),
                 )
             )
         context_head = None
@@ -194,6 +200,7 @@ class VotingROIHeads(ROIHeads):
                 "centre": v.LOSS_WEIGHT_CENTRE,
                 "size": v.LOSS_WEIGHT_SIZE,
                 "heatmap": v.LOSS_WEIGHT_HEATMAP,
+                "border": v.LOSS_WEIGHT_BORDER,
             },
             smooth_l1_beta=v.SMOOTH_L1_BETA,
             heatmap_sigma=tuple(v.HEATMAP_SIGMA),
@@ -204,6 +211,7 @@ class VotingROIHeads(ROIHeads):
             fusion_init=c.FUSION_INIT,
             branch_loss_weights={"fused": c.LOSS_WEIGHT_FUSED, "local": c.LOSS_WEIGHT_LOCAL, "global": c.LOSS_WEIGHT_GLOBAL},
             test_mu=c.TEST_MU,
+            fuse_boxes=c.FUSE_BOXES,
             return_intermediate=v.RETURN_INTERMEDIATE,
             explain=cfg.MODEL.EXPLAIN.ENABLED,
             explain_options={
@@ -315,8 +323,27 @@ class VotingROIHeads(ROIHeads):
             "size": _smooth_l1(out.size_deltas[fg], target[:, 2:], beta, num),
             "heatmap": heatmap_loss(out.probabilities[fg], heat_target),
         }
+        if out.borders is not None:
+            losses["border"] = self._border_loss(out, fg, gt_boxes[fg], level)
         self._log_level(level, out, gt_classes, fg)
         return {f"loss_local_{k}_{level.name}": v * w[k] for k, v in losses.items()}
+
+    def _border_loss(self, out: LevelOutput, fg: Tensor, gt_boxes: Tensor, level: VotingLevel) -> Tensor:
+        """Border heatmap loss: each voting axis' two border probabilities
+        against a Gaussian (``heatmap_sigma`` of that axis, in cells) at the
+        true borders, KL summed over the borders, mean over the foreground."""
+        total = out.size_deltas.sum() * 0.0
+        crop_boxes = out.crop_boxes[fg]
+        for axis, voted in out.borders.items():
+            dim = 0 if axis == "x" else 1
+            length = level.borders.length(axis)
+            scale = (crop_boxes[:, 2 + dim] - crop_boxes[:, dim]) / length
+            true_cells = (gt_boxes[:, [dim, dim + 2]] - crop_boxes[:, dim : dim + 1]) / scale[:, None]
+            target = border_heatmap_target(true_cells, length, self.heatmap_sigma[dim])
+            p = voted["probabilities"][fg]
+            if len(p):
+                total = total + (torch.xlogy(target, target) - torch.xlogy(target, p + 1e-6)).sum(dim=(1, 2)).mean()
+        return total
 
     def _log_level(self, level: VotingLevel, out: LevelOutput, gt_classes: Tensor, fg: Tensor) -> None:
         """Foreground count, classification accuracy and temperature of one
@@ -330,6 +357,8 @@ class VotingROIHeads(ROIHeads):
             f"voting_{level.name}/temperature",
             float(temperature(primitives.log_temperature.detach(), *primitives.log_temperature_range)),
         )
+        if level.borders is not None:
+            storage.put_scalar(f"voting_{level.name}/border_temperature", float(temperature_of(level.borders)))
 
     def losses(
         self, outputs: List[LevelOutput], level_proposals: List[List[Instances]], glob: Optional[ContextOutput]
@@ -346,24 +375,31 @@ class VotingROIHeads(ROIHeads):
         w, proposals = self.branch_loss_weights, level_proposals[0]
         losses = {k: v * w["local"] for k, v in losses.items()}
         losses.update({k: v * w["global"] for k, v in self.context_head.losses(glob, proposals).items()})
-        boxes, probs = fuse_predictions(self.mu, outputs[-1].pred_boxes, outputs[-1].logits, glob.pred_boxes, glob.logits)
+        boxes, probs = self.fuse(outputs[-1], glob)
         losses.update({k: v * w["fused"] for k, v in self._fused_losses(boxes, probs, proposals).items()})
         get_event_storage().put_scalar("voting/mu", float(self.mu.detach()))
         return losses
 
+    def fuse(self, last: LevelOutput, glob: ContextOutput) -> Tuple[Tensor, Tensor]:
+        """Eq. 1 on the last level's output and the context head's: (boxes,
+        probabilities); with ``fuse_boxes`` False the box stays the local one."""
+        boxes, probs = fuse_predictions(self.mu, last.pred_boxes, last.logits, glob.pred_boxes, glob.logits)
+        return (boxes if self.fuse_boxes else last.pred_boxes), probs
+
     def _fused_losses(self, boxes: Tensor, probs: Tensor, proposals: List[Instances]) -> Dict[str, Tensor]:
         """Cross-entropy of the fused probabilities and smooth-L1 of the fused
-        box's deltas relative to the proposal (docs/method.md section 4, the fused loss)."""
+        box's deltas relative to the proposal (docs/method.md section 4, the fused loss);
+        without box fusion the box term is left out (the local levels' losses train that box)."""
         gt_classes, gt_boxes = _labels(proposals)
         proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals])
         fg = _foreground(gt_classes, self.num_classes)
         log_probs = torch.log(probs.clamp_min(FUSED_PROB_EPS))
         pred = box_deltas(proposal_boxes[fg], boxes[fg])
         target = box_deltas(proposal_boxes[fg], gt_boxes[fg])
-        return {
-            "loss_fused_cls": F.nll_loss(log_probs, gt_classes) if len(gt_classes) else log_probs.sum(),
-            "loss_fused_box": _smooth_l1(pred, target, self.smooth_l1_beta, len(gt_classes)),
-        }
+        losses = {"loss_fused_cls": F.nll_loss(log_probs, gt_classes) if len(gt_classes) else log_probs.sum()}
+        if self.fuse_boxes:
+            losses["loss_fused_box"] = _smooth_l1(pred, target, self.smooth_l1_beta, len(gt_classes))
+        return losses
 
     # ------------------------------------------------------------------ inference
     def predict_instances(
@@ -376,7 +412,7 @@ class VotingROIHeads(ROIHeads):
         if glob is None:
             boxes, probs = last.pred_boxes, F.softmax(last.logits, dim=1)
         else:
-            boxes, probs = fuse_predictions(self.mu, last.pred_boxes, last.logits, glob.pred_boxes, glob.logits)
+            boxes, probs = self.fuse(last, glob)
         num_per_image = [len(p) for p in proposals]
         instances, kept = fast_rcnn_inference(
             boxes.split(num_per_image),

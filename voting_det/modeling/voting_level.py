@@ -22,6 +22,7 @@ from detectron2.structures import Boxes
 from torch import Tensor, nn
 
 from ..config import EXPLAIN_RANKINGS
+from .borders import BorderVoting
 from .grid import cell_centres_of, enlarge_boxes, grid_to_image, interpolate_bilinear
 from .primitives import PrimitiveVoting
 from .voting import temperature
@@ -37,6 +38,8 @@ __all__ = [
     "vote_shares",
 ]
 
+# Smallest size (pixels) a box gets from its borders (crossed borders give this).
+MIN_BORDER_EXTENT = 1.0
 # Clamp of predicted log size changes, as detectron2's Box2BoxTransform (log(1000/16)).
 SIZE_DELTA_CLAMP = math.log(1000.0 / 16)
 # Box deltas relative to a reference box, unit weights: ((cx'-cx)/w, (cy'-cy)/h, log w'/w, log h'/h).
@@ -117,17 +120,31 @@ class LevelOutput:
     logits: Tensor  # (R, C+1) FC_L's class scores
     size_deltas: Tensor  # (R, 2) log size change of the input box
     pred_boxes: Tensor  # (R, 4) the level's box, image XYXY
+    # With border votes (MODEL.VOTING.BORDER_AXES): per axis the BorderVoting
+    # outputs (profiles, heatmaps, probabilities, positions in cell units), and
+    # the borders in the image, (R, 4) x_left, y_top, x_right, y_bottom (NaN on
+    # an axis that does not vote).
+    borders: Optional[Dict[str, Dict[str, Tensor]]] = None
+    border_positions: Optional[Tensor] = None
 
     def select(self, index: Tensor) -> "LevelOutput":
         """The rows ``index`` of every field."""
-        return LevelOutput(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
+
+        def rows(value):
+            if value is None:
+                return None
+            if isinstance(value, dict):
+                return {key: rows(v) for key, v in value.items()}
+            return value[index]
+
+        return LevelOutput(**{f.name: rows(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
 
 class VotingLevel(nn.Module):
     """The primitive module at one level (docs/method.md section 2, steps 1-5)."""
 
     # Trace fields in image coordinates: points (..., 2) and boxes (..., 4).
-    TRACE_IMAGE_FIELDS = ("centres", "input_boxes", "crop_boxes", "boxes", "peak_points")
+    TRACE_IMAGE_FIELDS = ("centres", "input_boxes", "crop_boxes", "boxes", "peak_points", "border_positions")
 
     def __init__(
         self,
@@ -146,6 +163,7 @@ class VotingLevel(nn.Module):
         log_temperature_range: Tuple[float, float],
         learn_temperature: bool,
         fc_dims: Sequence[int],
+        border_axes: Sequence[str] = (),
     ):
         super().__init__()
         self.name = name
@@ -176,6 +194,19 @@ class VotingLevel(nn.Module):
         for layer in (self.cls_score, self.size_pred):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.zeros_(layer.bias)
+        # border votes (docs/method.md section 2b): the size along these axes
+        # comes from the borders the primitives vote for, not from size_pred
+        self.borders = None
+        if border_axes:
+            self.borders = BorderVoting(
+                num_primitives,
+                self.grid_size,
+                border_axes,
+                self.crop_context,
+                log_temperature_init=log_temperature_init,
+                log_temperature_range=log_temperature_range,
+            )
+            self.borders.log_temperature.requires_grad_(learn_temperature)
 
     def set_explain_reference(self, mean_shares: Optional[Tensor]) -> None:
         """Give this level the contrastive reference (its K mean vote shares;
@@ -207,6 +238,10 @@ class VotingLevel(nn.Module):
         mean_response = voted["response_maps"].mean(dim=1, keepdim=True)
         hidden = self.fc(mean_response * crops)
         size_deltas = self.size_pred(hidden).clamp(max=SIZE_DELTA_CLAMP)
+        borders, border_positions = None, None
+        if self.borders is not None:
+            borders = self.borders(voted["response_maps"])
+            size_deltas, border_positions = self._sizes_from_borders(borders, input_boxes, crop_boxes, size_deltas)
         sizes = (input_boxes[:, 2:] - input_boxes[:, :2]) * torch.exp(size_deltas)
         return LevelOutput(
             input_boxes=input_boxes,
@@ -216,8 +251,28 @@ class VotingLevel(nn.Module):
             logits=self.cls_score(hidden),
             size_deltas=size_deltas,
             pred_boxes=torch.cat([centres - sizes / 2, centres + sizes / 2], dim=1),
+            borders=borders,
+            border_positions=border_positions,
             **voted,
         )
+
+    def _sizes_from_borders(
+        self, borders: Dict[str, Dict[str, Tensor]], input_boxes: Tensor, crop_boxes: Tensor, size_deltas: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        """The log size changes with the voting axes' sizes replaced by the
+        distance between their two borders (at least :data:`MIN_BORDER_EXTENT`
+        pixels), and the borders in image coordinates ``(R, 4)``."""
+        input_sizes = input_boxes[:, 2:] - input_boxes[:, :2]
+        columns = [size_deltas[:, 0], size_deltas[:, 1]]
+        positions = torch.full_like(input_boxes, float("nan"))
+        for axis, out in borders.items():
+            dim = 0 if axis == "x" else 1
+            scale = (crop_boxes[:, 2 + dim] - crop_boxes[:, dim]) / self.borders.length(axis)
+            image = crop_boxes[:, dim : dim + 1] + out["positions"] * scale[:, None]  # (R, 2) low, high
+            positions = positions.index_copy(1, torch.tensor([dim, dim + 2], device=positions.device), image)
+            extent = (image[:, 1] - image[:, 0]).clamp_min(MIN_BORDER_EXTENT)
+            columns[dim] = torch.log(extent / input_sizes[:, dim].clamp_min(MIN_BORDER_EXTENT))
+        return torch.stack(columns, dim=1).clamp(max=SIZE_DELTA_CLAMP), positions
 
     @torch.no_grad()
     def trace(
@@ -307,4 +362,25 @@ class VotingLevel(nn.Module):
         }
         if "contrastive" in scores:
             trace["contrastive"] = scores["contrastive"]
+        if out.borders is not None:
+            trace.update(self._trace_borders(out, top))
         return {name: value.detach() for name, value in trace.items()}
+
+    def _trace_borders(self, out: LevelOutput, top: int) -> Dict[str, Tensor]:
+        """The border votes' trace: ``border_positions`` (R, 4) image x_left,
+        y_top, x_right, y_bottom; ``border_contributions`` (R, 4, K), each
+        primitive's vote at each border; ``border_top_primitives`` (R, 4, S)
+        the primitives with the largest of these, best first. NaN (and -1 in
+        the ranking) on an axis that does not vote."""
+        r, k = out.response_maps.shape[:2]
+        contributions = out.response_maps.new_full((r, 4, k), float("nan"))
+        for axis in out.borders:
+            dim = 0 if axis == "x" else 1
+            contributions[:, [dim, dim + 2]] = self.borders.explain(out.borders, axis)
+        order = rank_primitives([contributions.nan_to_num(-1.0)])[..., : min(top, k)]
+        order = torch.where(contributions[..., :1].isnan(), torch.full_like(order, -1), order)
+        return {
+            "border_positions": out.border_positions,
+            "border_contributions": contributions,
+            "border_top_primitives": order,
+        }
