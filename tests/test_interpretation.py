@@ -363,6 +363,39 @@ def test_panel_of_a_model_without_context_branch(tiny_nt_set, test_image):
     assert len(fig.axes) > 8
 
 
+def test_panel_and_line_of_a_border_voting_model(tiny_nt_set, test_image, tmp_path):
+    """A Proposed-BV-like model (border votes on both axes, one backbone, the
+    score-only fusion): the trace carries each detection's voted borders and the
+    primitives that voted most for each; the panel draws them (dotted lines
+    across the final level's box) and its line names them."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(**{"MODEL.VOTING.BORDER_AXES": ["y", "x"], "MODEL.CONTEXT.SHARE_BACKBONE": True,
+                      "MODEL.CONTEXT.FUSE_BOXES": False})
+    explainer = Explainer(cfg, top_primitives=2)
+    image = load_image(test_image["file_name"])
+    trace = image_trace(explainer(image), explainer.levels, options=explainer.model.roi_heads.explain_options)
+    det = trace["detections"][0]
+    last = det["levels"]["res3"]
+    left, top, right, bottom = last["border_positions"]
+    assert left < right and top < bottom
+    order = np.asarray(last["border_top_primitives"])
+    assert order.shape == (4, 2) and ((order >= 0) & (order < K)).all()
+    contributions = np.asarray(last["border_contributions"])  # (4 borders, K)
+    for b in range(4):  # the ranking is the contributions' order, largest first
+        assert contributions[b, order[b, 0]] == contributions[b].max()
+    fig = render_panel(image, trace)
+    dotted = [line for ax in fig.axes for line in ax.get_lines() if line.get_linestyle() == ":"]
+    horizontal = sorted(float(line.get_ydata()[0]) for line in dotted if line.get_ydata()[0] == line.get_ydata()[1])
+    vertical = sorted(float(line.get_xdata()[0]) for line in dotted if line.get_xdata()[0] == line.get_xdata()[1])
+    assert horizontal == pytest.approx([top, bottom], abs=1e-3) and vertical == pytest.approx([left, right], abs=1e-3)
+    from voting_det.interpretation.panel import explanation_line
+    line = explanation_line(trace)
+    assert "upper border " + ", ".join(str(k) for k in order[1]) in line
+    assert "lower border " + ", ".join(str(k) for k in order[3]) in line
+    fig.savefig(tmp_path / "panel.png")
+    _not_blank(tmp_path / "panel.png")
+
+
 @pytest.mark.slow
 def test_atlas_tool_writes_linked_pages(tiny_model, tiny_nt_set, tmp_path):
     config, weights = tiny_model

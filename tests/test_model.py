@@ -171,7 +171,9 @@ def test_every_config_parses_and_builds(config):
         grids = [tuple(g) for g in cfg.MODEL.VOTING.GRID_SIZES][: len(heads.levels)]  # one per level, in order
         assert [tuple(level.grid_size) for level in heads.levels] == grids
         assert all(level.primitives.semantic_templates.shape[0] == cfg.MODEL.VOTING.NUM_PRIMITIVES for level in heads.levels)
-        assert (model.context_backbone is not None) == (heads.context_head is not None) == cfg.MODEL.CONTEXT.ENABLED
+        assert (heads.context_head is not None) == cfg.MODEL.CONTEXT.ENABLED
+        assert (model.context_backbone is not None) == (cfg.MODEL.CONTEXT.ENABLED and not cfg.MODEL.CONTEXT.SHARE_BACKBONE)
+        assert all((level.borders is not None) == bool(cfg.MODEL.VOTING.BORDER_AXES) for level in heads.levels)
     with torch.no_grad():
         inst = model([{"image": batch()[0]["image"]}])[0]["instances"]
     assert inst.image_size == (H, W)
@@ -193,6 +195,8 @@ def test_every_config_parses_and_builds(config):
         ("MODEL.CONTEXT.IN_FEATURE", "res5", "MODEL.CONTEXT.IN_FEATURE"),
         ("MODEL.CONTEXT.LAYOUT", [[0.0, -0.3, 0.4, 0.6]], "MODEL.CONTEXT.LAYOUT"),
         ("MODEL.VOTING.CROP_CONTEXT", (0.5, 3.0), "MODEL.VOTING.CROP_CONTEXT"),
+        ("MODEL.VOTING.BORDER_AXES", ["z"], "MODEL.VOTING.BORDER_AXES"),
+        ("MODEL.VOTING.BORDER_AXES", ["y", "y"], "MODEL.VOTING.BORDER_AXES"),
     ],
 )
 def test_bad_config_names_the_key(key, value, message):

@@ -143,7 +143,7 @@ def explanation_line(trace: Dict, detection: int = 0, per_level: int = LINE_PRIM
         if place in places:
             ks = "; ".join(f"{lvl} {', '.join(ks)}" if qualify else ", ".join(ks) for lvl, ks in places[place].items())
             where.append(f"{place} ({ks})")
-    return f"{head}; they match best {_and(where)}."
+    return f"{head}; they match best {_and(where)}." + border_line(det, levels[-1])
 
 
 def _level_roles(levels: Sequence[str]) -> Dict[str, str]:
@@ -260,6 +260,8 @@ def _draw_top(sub, rgb, trace, det, gt_boxes, roles):
                 cx, cy = det["levels"][lvl]["centres"]
                 colour = BOX_STYLES["local" if lvl == levels[-1] else "coarse"][0]
                 ax.plot(cx, cy, marker="x", color=colour, markersize=8, markeredgewidth=2)
+                if lvl == levels[-1]:
+                    _draw_borders(ax, det["levels"][lvl], colour)
         if det["global"] is not None:
             _box(ax, det["global"]["box"], "global")
         _box(ax, det["box"], "final", zorder=4)
@@ -281,6 +283,35 @@ def _draw_top(sub, rgb, trace, det, gt_boxes, roles):
         handles.append(_handle("final", "final box (= $x_L$, no context branch)"))
     sub.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize=8.5,
                frameon=False)
+
+
+def _draw_borders(ax, level_trace: Dict, colour: str) -> None:
+    """The voted borders of a level (border votes, docs/method.md section 2b)
+    as dotted lines across its box: upper and lower, left and right end."""
+    borders = level_trace.get("border_positions")
+    if not borders:
+        return
+    x0, y0, x1, y1 = level_trace["boxes"]
+    left, top, right, bottom = borders
+    for y in (top, bottom):
+        if y is not None:
+            ax.plot([x0, x1], [y, y], linestyle=":", linewidth=2, color=colour, zorder=5)
+    for x in (left, right):
+        if x is not None:
+            ax.plot([x, x], [y0, y1], linestyle=":", linewidth=2, color=colour, zorder=5)
+
+
+def border_line(det: Dict, level: str, per_border: int = LINE_PRIMITIVES) -> str:
+    """The border votes' half-sentence of the plain-language line: which
+    primitives voted most for each border of ``level`` ("" without border votes)."""
+    tr = det["levels"][level]
+    order = tr.get("border_top_primitives")
+    if not order:
+        return ""
+    names = ("left end", "upper border", "right end", "lower border")
+    parts = [f"{names[b]} {', '.join(str(k) for k in order[b][:per_border])}"
+             for b in (1, 3, 0, 2) if order[b] and order[b][0] >= 0]
+    return f" Borders ({level}) placed by primitives: {'; '.join(parts)}." if parts else ""
 
 
 def _draw_bars(sub, trace, det, top):

@@ -31,6 +31,7 @@ from .grid import axis_cell_centres
 from .voting import DEFAULT_EPS, DEFAULT_LOG_TEMPERATURE_RANGE, temperature
 
 __all__ = [
+    "AxisTemplates",
     "BORDER_AXES",
     "BorderVoting",
     "border_contributions",
@@ -137,10 +138,22 @@ def border_contributions(per_primitive: Tensor, positions: Tensor) -> Tensor:
     return torch.einsum("rkbj,rbj->rbk", per_primitive, weights)
 
 
+class AxisTemplates(nn.Module):
+    """The border templates' logits of one axis, ``(K, 2, 2L - 1)``. Named
+    ``spatial_template_logits`` as the 2-D templates' are: they are spatial
+    templates along one axis, and the optimizer gives them the templates'
+    treatment by that name (``SOLVER.NO_DECAY_KEYS``: no weight decay, the
+    voting learning-rate factor)."""
+
+    def __init__(self, logits: Tensor):
+        super().__init__()
+        self.spatial_template_logits = nn.Parameter(logits)
+
+
 class BorderVoting(nn.Module):
     """The border votes of one level, for the axes asked.
 
-    Parameters: per axis, templates ``border_logits_<axis>`` ``(K, 2, 2L - 1)``,
+    Parameters: per axis, templates ``axis_templates[<axis>].spatial_template_logits`` ``(K, 2, 2L - 1)``,
     initialised to a Gaussian (std a quarter of the axis) centred at the
     displacement from the crop centre to the input box's border (so that a
     primitive responding at the structure's centre starts by voting for the
@@ -176,6 +189,7 @@ class BorderVoting(nn.Module):
         self.eps = eps
         m, n = self.grid_size
         context = {"x": crop_context[0], "y": crop_context[1]}
+        self.axis_templates = nn.ModuleDict()
         for axis in self.axes:
             length = m if axis == "y" else n
             # the input box's half size in cells: it spans L / context of the crop's L cells
@@ -183,7 +197,7 @@ class BorderVoting(nn.Module):
             sigma = BORDER_TEMPLATE_INIT_SIGMA_FRACTION * length
             shifts = torch.arange(2 * length - 1, dtype=torch.float32) - (length - 1)
             logits = torch.stack([-0.5 * ((shifts + half) / sigma).square(), -0.5 * ((shifts - half) / sigma).square()])
-            self.register_parameter(f"border_logits_{axis}", nn.Parameter(logits.expand(num_primitives, -1, -1).clone()))
+            self.axis_templates[axis] = AxisTemplates(logits.expand(num_primitives, -1, -1).clone())
         self.log_temperature = nn.Parameter(torch.tensor(float(log_temperature_init)))
 
     def length(self, axis: str) -> int:
@@ -192,7 +206,11 @@ class BorderVoting(nn.Module):
 
     def templates(self, axis: str) -> Tensor:
         """The templates ``d_k^b`` of ``axis``, ``(K, 2, 2L - 1)``."""
-        return border_templates(getattr(self, f"border_logits_{axis}"))
+        return border_templates(self.logits(axis))
+
+    def logits(self, axis: str) -> Tensor:
+        """The template logits of ``axis``, ``(K, 2, 2L - 1)``."""
+        return self.axis_templates[axis].spatial_template_logits
 
     def forward(self, Rs: Tensor) -> Dict[str, Dict[str, Tensor]]:
         """Border heatmaps, probabilities and positions from the response maps
