@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from voting_det.engine.two_stage import STAGE2_ALLOW_MISSING
 
@@ -148,23 +148,44 @@ def repo_root() -> str:
 
 @dataclass
 class Run:
+    """One method trained and evaluated on one split: a cross-validation fold
+    of ``dataset`` (``fold`` an int), or an outside split (``fold`` its label,
+    ``sets`` the registered names of its ``train``, ``test`` and optional
+    ``val`` sets). ``data`` are ``--data NAME=PATH`` registrations its
+    commands need."""
+
     method: Method
-    fold: int
+    fold: Union[int, str]
     profile: Profile
     dataset: str
     root: str
     extra_opts: Tuple[str, ...] = ()
+    sets: Tuple[Tuple[str, str], ...] = ()
+    data: Tuple[str, ...] = ()
     folder: str = field(init=False)
 
     def __post_init__(self):
-        self.folder = os.path.join(self.root, self.profile.name, self.dataset, self.method.name, f"fold{self.fold}")
+        self.folder = os.path.join(self.root, self.profile.name, self.dataset, self.method.name, self.split_label)
+
+    @property
+    def split_label(self) -> str:
+        """``fold<k>``, or an outside split's label."""
+        return self.fold if isinstance(self.fold, str) else f"fold{self.fold}"
 
     @property
     def name(self) -> str:
-        return f"{self.method.name}/fold{self.fold}"
+        return f"{self.method.name}/{self.split_label}"
 
-    def split(self, split: str) -> str:
+    def split(self, split: str) -> Optional[str]:
+        """The registered name of ``split`` (train, val, test); None for an
+        outside split without it (no val set)."""
+        if self.sets:
+            return dict(self.sets).get(split)
         return f"{self.dataset}_fold{self.fold}_{split}"
+
+    def evaluated_splits(self, splits: Sequence[str] = ("val", "test")) -> List[str]:
+        """The ``splits`` this run has (an outside split may lack val)."""
+        return [s for s in splits if self.split(s)]
 
     def opts(self) -> List[str]:
         return (["DATASETS.TRAIN", f"('{self.split('train')}',)", "DATASETS.TEST", "()"]
@@ -183,8 +204,9 @@ class Run:
     def finished(self) -> bool:
         return os.path.isfile(self.done_file)
 
-    def eval_dir(self, split: str) -> str:
-        return os.path.join(self.folder, "eval", "inference", self.split(split))
+    def eval_dir(self, split: str) -> Optional[str]:
+        name = self.split(split)
+        return os.path.join(self.folder, "eval", "inference", name) if name else None
 
     def train_dirs(self) -> List[str]:
         if self.method.two_stage:
@@ -198,7 +220,8 @@ class Run:
         weights start this one, for a method with ``stage1_from``."""
         if not self.method.stage1_from:
             return None
-        return Run(METHODS[self.method.stage1_from], self.fold, self.profile, self.dataset, self.root, self.extra_opts)
+        return Run(METHODS[self.method.stage1_from], self.fold, self.profile, self.dataset, self.root, self.extra_opts,
+                   self.sets, self.data)
 
     def _own_opts(self) -> List[str]:
         first = self.stage1_run()
@@ -227,31 +250,49 @@ class Run:
     def commands(self, splits: Sequence[str] = ("val", "test")) -> List[List[str]]:
         """Train, then evaluate on ``splits`` of the fold."""
         root, py = repo_root(), sys.executable
+        data = [arg for spec in self.data for arg in ("--data", spec)]
+        splits = self.evaluated_splits(splits)
         if self.method.two_stage:
-            train = [py, os.path.join(root, "tools/train_voting.py"), "--dataset", self.dataset, "--fold", str(self.fold),
+            train = [py, os.path.join(root, "tools/train_voting.py"), *data, "--train-set", self.split("train"),
                      "--voting-config", os.path.join(root, self.method.config), "--lcf-config",
                      os.path.join(root, self.method.stage1_config), "--output-dir", self.folder, *self.opts()]
             eval_config = os.path.join(self.train_dirs()[-1], "config.yaml")
         else:
-            train = [py, os.path.join(root, "tools/train_net.py"), "--config-file", os.path.join(root, self.method.config),
-                     "--resume", *self._own_opts(), "OUTPUT_DIR", self.train_dirs()[0]]
+            train = [py, os.path.join(root, "tools/train_net.py"), *data, "--config-file",
+                     os.path.join(root, self.method.config), "--resume", *self._own_opts(), "OUTPUT_DIR",
+                     self.train_dirs()[0]]
             eval_config = os.path.join(self.train_dirs()[0], "config.yaml")
-        evaluate = [py, os.path.join(root, "tools/train_net.py"), "--config-file", eval_config, "--eval-only",
+        evaluate = [py, os.path.join(root, "tools/train_net.py"), *data, "--config-file", eval_config, "--eval-only",
                     "MODEL.WEIGHTS", self.final_weights(),
                     "DATASETS.TEST", "(" + "".join(f"'{self.split(s)}', " for s in splits) + ")",
                     "OUTPUT_DIR", os.path.join(self.folder, "eval")]
         return [train, evaluate]
 
 
+def outside_label(train_set: str, test_set: str) -> str:
+    """The folder name of an outside split: ``<train>-on-<test>``."""
+    return f"{train_set}-on-{test_set}"
+
+
+# The data-set folder name of outside splits (runs/<profile>/<this>/<method>/<train>-on-<test>).
+OUTSIDE_DATASET = "outside"
+
+
 def plan_runs(methods: Sequence[str], folds: Sequence[int], profile: str, root: str, dataset: Optional[str] = None,
-              extra_opts: Sequence[str] = ()) -> List[Run]:
+              extra_opts: Sequence[str] = (), train_set: Optional[str] = None, test_set: Optional[str] = None,
+              val_set: Optional[str] = None, data: Sequence[str] = ()) -> List[Run]:
+    """The runs of ``methods`` on ``folds`` of ``dataset`` (default: the
+    profile's), or, with ``train_set`` and ``test_set``, on that one outside
+    split (``val_set`` optional), in the order they must run."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; known: {sorted(METHODS)}")
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
+    if bool(train_set) != bool(test_set):
+        raise ValueError("an outside split needs both a train set and a test set")
     bad = [f for f in folds if not 0 <= f < NUM_FOLDS]
-    if bad:
+    if bad and not train_set:
         raise ValueError(f"folds must be in 0..{NUM_FOLDS - 1}, got {bad}")
     p = PROFILES[profile]
     # a row that starts from another row's model needs that row first (skipped when finished)
@@ -262,8 +303,14 @@ def plan_runs(methods: Sequence[str], folds: Sequence[int], profile: str, root: 
             ordered.append(first)
         if m not in ordered:
             ordered.append(m)
+    if train_set:
+        sets = (("train", train_set), ("test", test_set)) + ((("val", val_set),) if val_set else ())
+        label = outside_label(train_set, test_set)
+        return [Run(METHODS[m], label, p, dataset or OUTSIDE_DATASET, root, tuple(extra_opts), sets, tuple(data))
+                for m in ordered]
     # fold-major: every method of fold 0 first, so a first complete table exists early
-    return [Run(METHODS[m], f, p, dataset or p.dataset, root, tuple(extra_opts)) for f in folds for m in ordered]
+    return [Run(METHODS[m], f, p, dataset or p.dataset, root, tuple(extra_opts), (), tuple(data))
+            for f in folds for m in ordered]
 
 
 def git_commit(root: str) -> str:
@@ -417,8 +464,9 @@ def run_one(run: Run, log=print, val_only: bool = False) -> Optional[dict]:
         "commits_at_starts": starts, "commit_at_evaluation": git_commit(repo_root()),
         "machine": machine(run.device()), "wall_seconds": wall,
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "split_sets": dict(run.sets) if run.sets else None,
         "metrics": {split: os.path.relpath(os.path.join(run.eval_dir(split), "nt_metrics.json"), run.folder)
-                    for split in ("val", "test")},
+                    for split in run.evaluated_splits()},
     }
     with open(run.done_file + ".tmp", "w") as f:
         json.dump(info, f, indent=1)
@@ -465,7 +513,7 @@ def archive_run(run: Run, archive_root: str) -> str:
     conflict = archive_conflict(run, archive_root)
     if conflict:
         raise ValueError(conflict)
-    detections = [os.path.join(run.eval_dir(split), "nt_detections.json") for split in ("val", "test")]
+    detections = [os.path.join(run.eval_dir(split), "nt_detections.json") for split in run.evaluated_splits()]
     missing = [p for p in detections if not os.path.isfile(p)]
     if missing:
         raise ValueError(f"{run.name} is marked finished but lacks {missing}: evaluate it again "
@@ -475,7 +523,7 @@ def archive_run(run: Run, archive_root: str) -> str:
         if name != "run.json" and os.path.isfile(src):
             os.makedirs(os.path.dirname(os.path.join(dest, name)), exist_ok=True)
             shutil.copyfile(src, os.path.join(dest, name))
-    for split in ("val", "test"):
+    for split in run.evaluated_splits():
         src_dir = run.eval_dir(split)
         dst_dir = os.path.join(dest, os.path.relpath(src_dir, run.folder))
         os.makedirs(dst_dir, exist_ok=True)

@@ -54,10 +54,12 @@ def collect(runs) -> Dict[str, dict]:
         with open(run.done_file) as f:
             info = json.load(f)
         ds_test, settings, test_records = load_records(os.path.join(run.eval_dir("test"), "nt_detections.json"))
-        _, val_settings, val_records = load_records(os.path.join(run.eval_dir("val"), "nt_detections.json"))
         test_stats = M.analyse(test_records, iou=settings["match_iou"], top_n=settings["paper_top_n"])
-        val_stats = M.analyse(val_records, iou=settings["match_iou"], top_n=settings["paper_top_n"])
-        threshold = M.choose_threshold(val_stats) if (~val_stats.positive).any() else None
+        threshold, val_settings = None, None
+        if run.split("val"):  # an outside split may have no validation set: no LROC threshold then
+            _, val_settings, val_records = load_records(os.path.join(run.eval_dir("val"), "nt_detections.json"))
+            val_stats = M.analyse(val_records, iou=settings["match_iou"], top_n=settings["paper_top_n"])
+            threshold = M.choose_threshold(val_stats) if (~val_stats.positive).any() else None
         metrics = M.summarise(test_stats, threshold=threshold)
         bbox = _eval_results(run, "test").get("bbox", {})
         metrics["AP"], metrics["AP50"] = bbox.get("AP", float("nan")), bbox.get("AP50", float("nan"))
@@ -66,6 +68,11 @@ def collect(runs) -> Dict[str, dict]:
                                     "records": test_records, "threshold": threshold, "info": info,
                                     "stats": test_stats}
     return out
+
+
+def _label(fold) -> str:
+    """``fold<k>`` for a fold, an outside split's own label otherwise."""
+    return fold if isinstance(fold, str) else f"fold{fold}"
 
 
 def _fmt(v, digits=1):
@@ -212,12 +219,17 @@ def tabulate(runs, out_dir: Optional[str] = None, command: str = "", num_bootstr
     if not data:
         print("no finished runs to tabulate")
         return None
-    settings = {f"{m}/fold{f}[{split}]": d[key]
+    settings = {f"{m}/{_label(f)}[{split}]": d[key]
                 for m, e in data.items() for f, d in e["folds"].items()
-                for split, key in (("test", "settings"), ("val", "val_settings"))}
+                for split, key in (("test", "settings"), ("val", "val_settings")) if d[key] is not None}
     common = check_same_settings(settings)
     profile, dataset = runs[0].profile, runs[0].dataset
-    lines = [f"# Cross-validation on `{dataset}`, profile `{profile.name}`", ""]
+    if runs[0].sets:
+        sets = dict(runs[0].sets)
+        title = f"# Trained on `{sets['train']}`, tested on `{sets['test']}`, profile `{profile.name}`"
+    else:
+        title = f"# Cross-validation on `{dataset}`, profile `{profile.name}`"
+    lines = [title, ""]
     lines += [f"Command: `{command}`", "", f"Profile `{profile.name}`: {profile.doc}", "",
               "Test settings (identical for every row): " + ", ".join(f"`{k}={v}`" for k, v in common.items()), ""]
     # Table: mean ± std over folds
@@ -325,7 +337,7 @@ def tabulate(runs, out_dir: Optional[str] = None, command: str = "", num_bootstr
     total = sum(r["wall_seconds"] for r in manifest["runs"])
     manifest["total_wall_seconds"] = round(total, 1)
     lines += ["", f"Total wall time of these runs: {total / 3600:.2f} h. Per run (min): "
-              + ", ".join(f"{r['method']}/fold{r['fold']} {r['wall_seconds'] / 60:.0f}" for r in manifest["runs"])
+              + ", ".join(f"{r['method']}/{_label(r['fold'])} {r['wall_seconds'] / 60:.0f}" for r in manifest["runs"])
               + ". Machine: " + "; ".join(dict.fromkeys(r["machine"] for r in manifest["runs"])) + ". Commits: "
               + ", ".join(sorted({_short_commit(r["commit"]) for r in manifest["runs"]})) + "."]
     text = "\n".join(lines) + "\n"

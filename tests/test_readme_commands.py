@@ -20,8 +20,9 @@ PYTHON = ".venv/bin/python"
 
 def shell_commands(path):
     """``(line number, tokens)`` of every command in the file's ```bash blocks
-    (backslash continuations joined, comments and ``VAR=value`` prefixes dropped)."""
-    commands, block, pending, start = [], False, "", 0
+    (backslash continuations joined, comments and ``VAR=value`` prefixes dropped;
+    a line that only sets variables defines them for the later ``$VAR``)."""
+    commands, block, pending, start, variables = [], False, "", 0, {}
     with open(os.path.join(REPO, path)) as f:
         for number, line in enumerate(f, start=1):
             if line.startswith("```"):
@@ -32,9 +33,15 @@ def shell_commands(path):
             pending, start = (pending + " " + line.rstrip("\n").rstrip("\\"), start or number)
             if line.rstrip("\n").endswith("\\"):
                 continue
+            for name, value in variables.items():
+                pending = pending.replace(f"${name}", value)
             tokens = shlex.split(pending, comments=True)
+            assignments = []
             while tokens and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", tokens[0]):
+                assignments.append(tokens[0].split("=", 1))
                 tokens = tokens[1:]
+            if not tokens:
+                variables.update(assignments)
             if tokens:
                 commands.append((f"{path}:{start}", tokens))
             pending, start = "", 0
@@ -60,7 +67,14 @@ def test_the_documents_have_commands():
 
 
 @pytest.mark.parametrize("where,tokens", TOOL_COMMANDS, ids=[w for w, _ in TOOL_COMMANDS])
-def test_tool_command_parses_with_the_tools_own_parser(where, tokens, capsys):
+def test_tool_command_parses_with_the_tools_own_parser(where, tokens, capsys, monkeypatch):
+    # --data NAME=PATH names a user's folder: checked for its form here, not registered
+    def check_form(specs):
+        bad = [s for s in specs if not re.match(r"^[A-Za-z]\w*=.+", s)]
+        assert not bad, f"{where}: --data {bad} is not NAME=PATH"
+        return list(specs)
+
+    monkeypatch.setattr(cli, "register_data", check_form)
     assert tokens[0] == PYTHON, f"{where}: use {PYTHON} (no activation step is assumed)"
     assert not any(t.startswith("[") for t in tokens), f"{where}: an optional [...] part in a command to copy"
     assert os.path.isfile(os.path.join(REPO, tokens[1])), where

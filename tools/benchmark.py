@@ -1,9 +1,12 @@
 #!/usr/bin/env python
-"""Cross-validate methods (the paper's Tables 1 to 3) and tabulate them.
+"""Cross-validate methods (the paper's Tables 1 to 3) and tabulate them, or
+compare them on an outside split (trained on one set, tested on another).
 
     .venv/bin/python tools/benchmark.py --profile cpu --folds 0 --methods table1-r18
     .venv/bin/python tools/benchmark.py --profile cpu --folds 0 1 2 --methods table1
     .venv/bin/python tools/benchmark.py --profile cpu --tabulate-only --root benchmarks/results/runs --out benchmarks/results/table1_cpu_real
+    .venv/bin/python tools/benchmark.py --profile cpu --data mine=/data/mine_coco --data theirs=/data/theirs_coco \\
+        --train-set mine_all --test-set theirs_all --methods proposed fpn_R18 --out output/mine_on_theirs
 
 Runs are resumable: rerun the same command after an interruption. With
 --archive DIR every finished run's small result files (metrics, detections,
@@ -45,7 +48,13 @@ def build_parser():
     p.add_argument("--profile", default="cpu", help=f"one of {sorted(PROFILES)}")
     p.add_argument("--dataset", default=None, help="registered set prefix; default: the profile's")
     p.add_argument("--methods", nargs="+", default=["table1-r18"], help="method names or groups " + ", ".join(GROUPS))
-    p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--folds", nargs="+", type=int, default=None, help="cross-validation folds (default 0 1 2)")
+    p.add_argument("--train-set", default=None, metavar="NAME",
+                   help="an outside split instead of folds: train on this registered set (e.g. mine_all of "
+                        "--data mine=PATH) ...")
+    p.add_argument("--test-set", default=None, metavar="NAME", help="... and test on this one (e.g. theirs_all)")
+    p.add_argument("--val-set", default=None, metavar="NAME",
+                   help="optional validation set of the outside split (LROC threshold, --val-only)")
     p.add_argument("--root", default="output/benchmark", help="folder of the runs")
     p.add_argument("--out", default=None, help="write the tables, plots and manifest here (default: only print)")
     p.add_argument("--tabulate-only", action="store_true", help="do not train: tabulate the finished runs")
@@ -62,6 +71,7 @@ def build_parser():
                    help="tools/benchmark_speed.py's JSON: adds each row's parameters, FLOPs and time at the "
                         "profile's test size to the table ('' to leave out)")
     p.add_argument("--list", action="store_true", help="list methods and profiles, then exit")
+    cli.add_data_argument(p)
     p.add_argument("opts", nargs=argparse.REMAINDER,
                    help="extra overrides for every run, KEY VALUE ... (recorded), after every option")
     return p
@@ -90,8 +100,27 @@ def main(argv=None):
         return 0
     if args.val_only and args.tabulate_only:
         raise cli.UserError("--val-only trains; it cannot be combined with --tabulate-only: drop one of them")
+    if (args.train_set or args.test_set) and args.folds is not None:
+        raise cli.UserError("--folds and --train-set / --test-set choose the split two ways: give one of them")
+    if bool(args.train_set) != bool(args.test_set):
+        raise cli.UserError("an outside split needs --train-set and --test-set (the registered names, e.g. "
+                            "mine_all and theirs_all with --data mine=PATH --data theirs=PATH)")
+    if args.val_set and not args.train_set:
+        raise cli.UserError("--val-set belongs to an outside split (--train-set, --test-set); a fold has its own")
+    if args.val_only and args.train_set and not args.val_set:
+        raise cli.UserError("--val-only on an outside split needs --val-set")
+    if args.train_set:
+        from detectron2.data import DatasetCatalog
+
+        for option, name in (("--train-set", args.train_set), ("--test-set", args.test_set),
+                             ("--val-set", args.val_set)):
+            if name and name not in DatasetCatalog.list():
+                raise cli.UserError(f"{option} {name}: not a registered data set; register a converted folder "
+                                    f"with --data NAME=PATH (NAME_all, NAME_fold0_train, ...)")
     try:
-        runs = plan_runs(expand(args.methods), args.folds, args.profile, args.root, args.dataset, args.opts)
+        runs = plan_runs(expand(args.methods), [0, 1, 2] if args.folds is None else args.folds, args.profile,
+                         args.root, args.dataset, args.opts, train_set=args.train_set, test_set=args.test_set,
+                         val_set=args.val_set, data=args.data)
     except ValueError as e:
         raise cli.UserError(f"{e}; see tools/benchmark.py --list") from None
     # (an archive that is the runs' own folder, e.g. `make tables`, is left as it is)
@@ -114,7 +143,8 @@ def main(argv=None):
         return 0
     from benchmarks.tables import tabulate
 
-    calipers = args.calipers == "yes" or (args.calipers == "auto" and runs[0].dataset.startswith("nt_real"))
+    calipers = args.calipers == "yes" or (args.calipers == "auto" and not args.train_set
+                                          and runs[0].dataset.startswith("nt_real"))
     tabulate(runs, out_dir=args.out, command=" ".join(["python", "tools/benchmark.py"] + (argv or sys.argv[1:])),
              calipers=calipers, speed_json=args.speed)
     return 0

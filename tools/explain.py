@@ -59,6 +59,7 @@ def build_parser():
     p.add_argument("--top", type=int, default=None,
                    help="top primitives per level shown and traced (MODEL.EXPLAIN.TOP_PRIMITIVES, default 5)")
     p.add_argument("--detections", type=int, default=DEFAULT_DETECTIONS, help="detections per image in the JSON")
+    cli.add_data_argument(p)
     return cli.add_overrides(p, overwrite="replace existing outputs of the same name")
 
 

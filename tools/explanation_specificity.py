@@ -72,6 +72,7 @@ def build_parser():
     p.add_argument("--deletion-images", type=int, default=40, help="deletion test on the first N images (0: none)")
     p.add_argument("--draws", type=int, default=5, help="random deletions per m and image")
     p.add_argument("--seed", type=int, default=0, help="seed of the random deletions")
+    cli.add_data_argument(p)
     return cli.add_overrides(p, overwrite="replace existing outputs (and the reference)")
 
 

@@ -68,6 +68,7 @@ def build_parser():
     p.add_argument("--extra-tau", default="0.5",
                    help="also rank by alpha_k computed with these trace thresholds tau (Eq. 3), comma-separated; "
                         "'' for none")
+    cli.add_data_argument(p)
     return cli.add_overrides(p, overwrite="replace existing outputs")
 
 

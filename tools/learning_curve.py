@@ -43,6 +43,7 @@ def build_parser():
     p.add_argument("--split", default="val", help="which split of the run's fold (default: val)")
     p.add_argument("--dataset", help="evaluate on this registered set instead of the fold's split")
     p.add_argument("--device", help="MODEL.DEVICE for the evaluation (default: the run's)")
+    cli.add_data_argument(p)
     return p
 
 

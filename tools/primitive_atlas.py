@@ -62,6 +62,7 @@ def build_parser():
     p.add_argument("--rank-by", choices=ATLAS_RANKINGS, default="alpha",
                    help="order of the summary and the index: mean alpha_k on correct detections (the paper's), "
                         "or mean share of the vote c_k / Phi(x^) (the more faithful ranking, docs/interpretation.md)")
+    cli.add_data_argument(p)
     return cli.add_overrides(p, overwrite="replace existing atlas files")
 
 

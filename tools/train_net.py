@@ -3,7 +3,11 @@
 the NT data sets, in detectron2's standard form.
 
     .venv/bin/python tools/train_net.py --config-file configs/... [--eval-only] [--resume] \\
-        [--num-gpus N] [KEY VALUE ...]
+        [--num-gpus N] [--data NAME=PATH ...] [KEY VALUE ...]
+
+Your own converted folders: ``--data mine=/data/mine_coco`` registers
+``mine_all`` and ``mine_fold{k}_{train,val,test}``, e.g.
+``DATASETS.TRAIN "('mine_all',)" DATASETS.TEST "('theirs_all',)"``.
 
 Options come before the ``KEY VALUE`` overrides. Exit status: 0 after training
 or evaluation; 2 for a user error (one line naming the file or key, found
@@ -58,6 +62,7 @@ def check_run(cfg, args) -> None:
 def build_parser():
     p = default_argument_parser()
     p.prog = "tools/train_net.py"
+    cli.add_data_argument(p)
     return p
 
 
@@ -72,6 +77,7 @@ def setup(args):
 def run(args):
     """One process's training or evaluation (detectron2's ``launch`` runs it
     in every process)."""
+    cli.register_data(args.data)  # again in a spawned process (the same folders: a no-op in this one)
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)

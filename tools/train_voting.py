@@ -1,8 +1,16 @@
 #!/usr/bin/env python
-"""Train Proposed with the paper's two-stage protocol on one fold, in one command:
+"""Train Proposed with the paper's two-stage protocol in one command:
 stage 1 = LCF (local branch alone), stage 2 = the whole network from it.
 
     .venv/bin/python tools/train_voting.py --fold 0 --output-dir output/voting_fold0 [KEY VALUE ...]
+    .venv/bin/python tools/train_voting.py --data mine=/data/mine_coco --data theirs=/data/theirs_coco \\
+        --train-set mine_all --test-set theirs_all --output-dir output/mine_voting
+
+On one fold of a registered set (``--dataset``, ``--fold``: its train split,
+tested on its test split), or on any registered sets (``--train-set``,
+``--test-set``; ``--data NAME=PATH`` registers a converted folder as
+``NAME_all`` and ``NAME_fold{k}_{split}``). Each stage folder gets its
+``config.yaml``, ``log.txt``, metrics and checkpoints.
 
 The two stages split one schedule (SOLVER.MAX_ITER, SOLVER.STEPS of the LCF
 config after the overrides) by --stage1-fraction; both are resumable. Options
@@ -30,14 +38,22 @@ from voting_det.engine.two_stage import stage_configs, train_two_stage  # noqa: 
 def build_parser():
     p = argparse.ArgumentParser(prog="tools/train_voting.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fold", type=int, default=0,
-                   help="cross-validation fold: trains on its train split, tests on its test split")
-    p.add_argument("--dataset", default="nt", help="registered set prefix (nt = synthetic, nt_real = the public set)")
+    p.add_argument("--fold", type=int, default=None,
+                   help="cross-validation fold: trains on its train split, tests on its test split (default 0, "
+                        "unless --train-set is given)")
+    p.add_argument("--dataset", default="nt", help="registered set prefix of --fold (nt = synthetic, nt_real = the "
+                                                   "public set, or a NAME of --data)")
+    p.add_argument("--train-set", action="append", default=[], metavar="NAME",
+                   help="train on this registered set instead of a fold (repeat for several), e.g. mine_all")
+    p.add_argument("--test-set", action="append", default=[], metavar="NAME",
+                   help="with --train-set: evaluate both stages on this registered set (repeatable); none: "
+                        "train only")
     p.add_argument("--lcf-config", default="configs/nt_lcf.yaml")
     p.add_argument("--voting-config", default="configs/nt_voting.yaml")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--stage1-fraction", type=float, default=0.5, help="share of the iterations for stage 1")
     p.add_argument("--no-resume", action="store_true", help="train both stages from the start")
+    cli.add_data_argument(p)
     p.add_argument("opts", nargs=argparse.REMAINDER,
                    help="config overrides for both stages, KEY VALUE ..., after every option")
     return p
@@ -63,16 +79,37 @@ def checked_stage_configs(lcf_config, voting_config, output_dir, opts, stage1_fr
     return stages
 
 
+def _as_tuple(names):
+    return "(" + "".join(f"'{n}', " for n in names) + ")"
+
+
+def dataset_opts(args):
+    """DATASETS.TRAIN / TEST of the fold or of --train-set / --test-set."""
+    if args.train_set:
+        if args.fold is not None:
+            raise cli.UserError(f"--fold {args.fold} and --train-set both choose the training data: give one of them")
+        return ["DATASETS.TRAIN", _as_tuple(args.train_set), "DATASETS.TEST", _as_tuple(args.test_set)]
+    if args.test_set:
+        raise cli.UserError("--test-set needs --train-set (a fold tests on its own test split)")
+    fold = f"{args.dataset}_fold{0 if args.fold is None else args.fold}"
+    return ["DATASETS.TRAIN", f"('{fold}_train',)", "DATASETS.TEST", f"('{fold}_test',)"]
+
+
 def main(argv=None):
     args = cli.parse_args(build_parser(), argv)
-    fold = f"{args.dataset}_fold{args.fold}"
-    opts = ["DATASETS.TRAIN", f"('{fold}_train',)", "DATASETS.TEST", f"('{fold}_test',)"] + list(args.opts)
+    opts = dataset_opts(args) + list(args.opts)
     stage1, stage2 = checked_stage_configs(args.lcf_config, args.voting_config, args.output_dir, opts,
                                            args.stage1_fraction, resume=not args.no_resume)
     setup_logger(name="voting_det")
     setup_logger()
     results = train_two_stage(stage1, stage2, resume=not args.no_resume)
-    print(json.dumps(results, indent=2, default=float))
+    final = os.path.join(stage2.OUTPUT_DIR, "model_final.pth")
+    if stage2.DATASETS.TEST:
+        print(json.dumps(results, indent=2, default=float))
+    else:
+        print(f"trained on {', '.join(stage2.DATASETS.TRAIN)}; no test set was given (--test-set, or DATASETS.TEST), "
+              "so nothing was evaluated")
+    print(f"final model: {final} (config: {os.path.join(stage2.OUTPUT_DIR, 'config.yaml')})")
     return 0
 
 

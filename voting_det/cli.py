@@ -41,6 +41,8 @@ __all__ = [
     "PRETRAINED_BACKBONE_KEYS",
     "UnknownNameError",
     "UserError",
+    "add_data_argument",
+    "register_data",
     "add_overrides",
     "check_datasets",
     "check_input",
@@ -194,7 +196,49 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
     parser.error = error  # argparse's own errors (missing, unknown or malformed options) as one line
     if any(action.nargs == argparse.REMAINDER for action in parser._actions):
         _refuse_options_after_overrides(parser, argv)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if getattr(args, "data", None):
+        register_data(args.data)
+    return args
+
+
+DATA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def add_data_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--data NAME=PATH`` (repeatable): register a converted folder for this
+    command (:func:`register_data`, run by :func:`parse_args`)."""
+    parser.add_argument(
+        "--data", action="append", default=[], metavar="NAME=PATH",
+        help="register a folder converted by tools/convert_fetus_framework.py: NAME_all (every image) and "
+             "NAME_fold{k}_{train,val,test} become data set names for DATASETS.TRAIN / DATASETS.TEST and --dataset; "
+             "repeat for several folders",
+    )
+    return parser
+
+
+def register_data(specs: Sequence[str]) -> List[str]:
+    """Register each ``NAME=PATH`` of ``--data``; returns the registered names.
+    A malformed spec, a missing folder or file, or a taken name is a
+    :class:`UserError` naming the option's value."""
+    from .data.datasets import register_converted_folder
+
+    names = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--data {spec}: give NAME=PATH, e.g. --data mine=/data/mine_coco")
+        if not DATA_NAME.match(name):
+            raise UserError(f"--data {spec}: NAME must be letters, digits and _ (starting with a letter), "
+                            f"e.g. --data my_nt={path}")
+        if not os.path.isdir(os.path.expanduser(path)):
+            raise MissingFileError(f"--data {spec}: {path} is not a folder; give the --output folder of "
+                                   "tools/convert_fetus_framework.py")
+        try:
+            names += register_converted_folder(name, path)
+        except (ValueError, FileNotFoundError) as e:
+            raise UserError(f"--data {spec}: {error_message(e)}") from None
+    return names
 
 
 def add_overrides(parser: argparse.ArgumentParser, overwrite: Optional[str] = None,
@@ -330,8 +374,8 @@ def check_datasets(cfg, keys: Sequence[str] = ("DATASETS.TRAIN", "DATASETS.TEST"
             if dataset not in registered:
                 known = sorted(n for n in registered if n.startswith("nt") and n.endswith(("_all", "fold0_train")))
                 raise UnknownNameError(f"config key {key}: data set {dataset!r} is not registered; voting_det "
-                                       f"registers e.g. {known} (register your own with "
-                                       "voting_det.data.register_nt_coco)")
+                                       f"registers e.g. {known}; register a converted folder of your own with "
+                                       "--data NAME=PATH (NAME_all, NAME_fold0_train, ...)")
             json_file = MetadataCatalog.get(dataset).get("json_file", None)
             if json_file and not os.path.isfile(json_file):
                 raise MissingFileError(f"config key {key}: data set {dataset}: {json_file} not found; convert the "

@@ -37,6 +37,7 @@ __all__ = [
     "load_nt_coco_json",
     "nt_split_files",
     "register_all_nt",
+    "register_converted_folder",
     "register_nt_coco",
 ]
 
@@ -170,6 +171,39 @@ def register_nt_coco(
             MetadataCatalog.get(name).set(thing_classes=list(thing_classes))
         names.append(name)
     return names
+
+
+def register_converted_folder(name: str, coco_dir: str) -> List[str]:
+    """Register a folder written by ``tools/convert_fetus_framework.py`` (or by
+    the synthetic generator) under ``name``: ``<name>_all`` and, for each fold
+    k whose ``fold{k}_train.json`` exists, ``<name>_fold{k}_{train,val,test}``.
+    The class names come from ``all.json``'s categories. Registering the same
+    folder under the same name again does nothing; a name already taken by
+    another folder (or a built-in set) is refused. Returns the names."""
+    coco_dir = os.path.abspath(os.path.expanduser(coco_dir))
+    all_json = os.path.join(coco_dir, "all.json")
+    taken = f"{name}_all" in DatasetCatalog.list()
+    if taken:
+        other = MetadataCatalog.get(f"{name}_all").get("json_file", None)
+        if other is not None and os.path.abspath(other) == all_json:
+            return [n for n in DatasetCatalog.list() if n == f"{name}_all" or n.startswith(f"{name}_fold")]
+        raise ValueError(f"data set name {name!r} is taken (by {other or 'another registration'}); choose another "
+                         f"name for {coco_dir}")
+    if not os.path.isfile(all_json):
+        raise FileNotFoundError(f"{coco_dir}: no all.json in it; convert the folder of images and annotations with "
+                                "tools/convert_fetus_framework.py --output <this folder> first")
+    with open(all_json) as f:
+        try:
+            categories = json.load(f).get("categories")
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise ValueError(f"{all_json}: not a COCO detection file ({e}); convert the folder again") from None
+    if not isinstance(categories, list) or not all(isinstance(c, dict) and "name" in c for c in categories):
+        raise ValueError(f"{all_json}: its 'categories' list is missing or malformed; convert the folder again")
+    classes = [c["name"] for c in sorted(categories, key=lambda c: c.get("id", 0))]
+    num_folds = 0
+    while os.path.isfile(os.path.join(coco_dir, f"fold{num_folds}_train.json")):
+        num_folds += 1
+    return register_nt_coco(name, coco_dir, num_folds, thing_classes=classes)
 
 
 def register_all_nt(root: Optional[str] = None) -> None:

@@ -2,6 +2,7 @@
 stage 1 trains the local branch alone (LCF), stage 2 starts from it and trains
 the whole network (Proposed), the local branch fine-tuned. The two stages share
 one iteration budget, so Proposed gets what a baseline's single schedule gets."""
+import contextlib
 import logging
 import os
 from typing import Dict, Sequence, Tuple
@@ -79,6 +80,32 @@ def _refuse_other_run(cfg: CfgNode) -> None:
                      "Use a new --output-dir, or --no-resume to train this one from the start there")
 
 
+# Format of a stage's log.txt (detectron2's file format).
+STAGE_LOG_FORMAT = "[%(asctime)s] %(name)s %(levelname)s: %(message)s"
+# The loggers whose messages a stage's log.txt gets.
+STAGE_LOGGERS = ("detectron2", "d2", "fvcore", "voting_det")
+
+
+@contextlib.contextmanager
+def stage_log(output_dir: str):
+    """While a stage runs, its messages also go to ``<output_dir>/log.txt``
+    (appended on resume), as tools/train_net.py's runs have one."""
+    handler = logging.FileHandler(os.path.join(output_dir, "log.txt"), mode="a")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter(STAGE_LOG_FORMAT, datefmt="%m/%d %H:%M:%S"))
+    loggers = [logging.getLogger(name) for name in STAGE_LOGGERS]
+    for log in loggers:
+        log.addHandler(handler)
+        if log.level == logging.NOTSET or log.level > logging.INFO:
+            log.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        for log in loggers:
+            log.removeHandler(handler)
+        handler.close()
+
+
 def train_two_stage(stage1: CfgNode, stage2: CfgNode, resume: bool = True) -> Dict[str, dict]:
     """Train both stages, then evaluate each on its test sets; returns the test
     results. With ``resume``, a finished stage is not trained again and an
@@ -94,17 +121,20 @@ def train_two_stage(stage1: CfgNode, stage2: CfgNode, resume: bool = True) -> Di
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
             f.write(cfg.dump())
-        # as detectron2's default_setup does for tools/train_net.py: the model's
-        # initialisation, the data order and the random draws follow cfg.SEED
-        seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + comm.get_rank())
-        trainer = Trainer(cfg)
-        if resume and final_weights_written(cfg.OUTPUT_DIR):
-            logger.info("%s: %s exists, not training it again", name, final)
-            trainer.checkpointer.load(final)
-            results[name] = Trainer.test(cfg, trainer.model)
-        else:
-            trainer.resume_or_load(resume=resume)
-            trainer.train()
-            # detectron2's EvalHook evaluates once more after the last iteration
-            results[name] = trainer._last_eval_results
+        with stage_log(cfg.OUTPUT_DIR):
+            logger.info("%s: training on %s, testing on %s; config %s", name, list(cfg.DATASETS.TRAIN),
+                        list(cfg.DATASETS.TEST), os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
+            # as detectron2's default_setup does for tools/train_net.py: the model's
+            # initialisation, the data order and the random draws follow cfg.SEED
+            seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + comm.get_rank())
+            trainer = Trainer(cfg)
+            if resume and final_weights_written(cfg.OUTPUT_DIR):
+                logger.info("%s: %s exists, not training it again", name, final)
+                trainer.checkpointer.load(final)
+                results[name] = Trainer.test(cfg, trainer.model) if cfg.DATASETS.TEST else {}
+            else:
+                trainer.resume_or_load(resume=resume)
+                trainer.train()
+                # detectron2's EvalHook evaluates once more after the last iteration
+                results[name] = trainer._last_eval_results
     return results
