@@ -1,0 +1,73 @@
+"""NT thickness measurement (voting_det.measurement) on drawn phantoms whose
+inner borders are known to the pixel."""
+import numpy as np
+import pytest
+
+from voting_det.measurement import (
+    Measurement,
+    border_measurement,
+    box_measurement,
+    profile_measurement,
+    to_millimetres,
+)
+
+H, W = 120, 200
+LINE, DARK, TISSUE, LINE_PX = 200.0, 20.0, 70.0, 4
+
+
+def phantom(inner_top, inner_bottom, columns=None, image=None):
+    """Two bright lines (LINE_PX rows each) around a dark band: the upper line's
+    last row is inner_top - 1 and the lower line's first row is inner_bottom, so
+    the inner borders lie at y = inner_top and y = inner_bottom (pixel edges; row
+    r spans [r, r + 1)) and the thickness is inner_bottom - inner_top pixels."""
+    img = np.full((H, W), TISSUE) if image is None else image
+    cols = slice(None) if columns is None else columns
+    img[inner_top - LINE_PX:inner_top, cols] = LINE
+    img[inner_top:inner_bottom, cols] = DARK
+    img[inner_bottom:inner_bottom + LINE_PX, cols] = LINE
+    return img
+
+
+@pytest.mark.parametrize("top,bottom", [(50, 60), (40, 63), (55, 61)])
+def test_profile_finds_the_inner_borders_of_a_drawn_nt(top, bottom):
+    img = phantom(top, bottom)
+    box = (30.0, top - LINE_PX - 2.0, 170.0, bottom + LINE_PX + 2.0)
+    m = profile_measurement(img, box)
+    assert m.valid
+    assert m.thickness_px == pytest.approx(bottom - top, abs=0.25)
+    assert m.calipers[0, 1] == pytest.approx(top, abs=0.25) and m.calipers[1, 1] == pytest.approx(bottom, abs=0.25)
+    assert 30 <= m.calipers[0, 0] == m.calipers[1, 0] <= 170
+
+
+def test_profile_takes_the_maximum_thickness_along_the_nt_not_a_speckle_band():
+    img = phantom(50, 60)
+    phantom(48, 62, columns=slice(90, 120), image=img)  # thicker (14 px) over 30 columns in the middle
+    img[:, 60:65] = TISSUE  # one band with no NT profile at all
+    rng = np.random.default_rng(0)
+    noisy = img * rng.gamma(16.0, 1 / 16.0, size=img.shape)  # unit-mean multiplicative speckle
+    m = profile_measurement(noisy, (30.0, 42.0, 170.0, 68.0))
+    assert m.thickness_px == pytest.approx(14.0, abs=0.75)
+    assert 90 <= m.calipers[0, 0] <= 120
+
+
+def test_profile_without_an_nt_is_invalid_not_a_number():
+    flat = np.full((H, W), TISSUE)
+    m = profile_measurement(flat, (30.0, 40.0, 170.0, 70.0))
+    assert not m.valid and np.isnan(m.thickness_px) and np.isnan(m.calipers).all()
+    assert not profile_measurement(flat, (30.0, 40.0, 30.0, 70.0)).valid  # an empty box
+    with pytest.raises(ValueError, match="grey"):
+        profile_measurement(np.zeros((H, W, 3)), (30.0, 40.0, 170.0, 70.0))
+
+
+def test_box_and_border_methods_and_millimetres():
+    m = box_measurement((10.0, 20.0, 110.0, 52.0))
+    np.testing.assert_allclose(m.calipers, [[60.0, 20.0], [60.0, 52.0]])
+    assert m.thickness_px == 32.0
+    b = border_measurement((10.0, 20.0, 110.0, 52.0), [12.0, 24.5, 108.0, 47.0])
+    np.testing.assert_allclose(b.calipers, [[60.0, 24.5], [60.0, 47.0]])
+    assert b.thickness_px == pytest.approx(22.5)
+    assert not border_measurement((10.0, 20.0, 110.0, 52.0), [None, None, None, None]).valid
+    assert not border_measurement((10.0, 20.0, 110.0, 52.0), [0.0, 40.0, 0.0, 30.0]).valid  # crossed
+    assert to_millimetres(22.5, 0.1) == pytest.approx(2.25)
+    assert np.isnan(to_millimetres(22.5, None)) and np.isnan(to_millimetres(22.5, 0.0))
+    assert isinstance(Measurement.invalid(), Measurement)

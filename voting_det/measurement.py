@@ -1,0 +1,176 @@
+"""NT thickness from a detection, as a sonographer measures it (the
+Fetal Medicine Foundation's rule): the maximum thickness of the translucency,
+calipers "on-on" on the inner borders of the two echogenic lines.
+
+Three methods, each giving two caliper points (x, y) and the distance between
+them in pixels:
+
+- ``"profile"``: from the image inside the detected box. Along each column
+  band of the box's middle part, the vertical intensity profile (smoothed)
+  shows the dark translucency between two bright lines; each inner border is
+  where the profile, going from a line's maximum towards the dark minimum,
+  falls half-way between them (sub-pixel, by linear interpolation). The
+  thickness is the largest of the bands' thicknesses after a running median
+  over neighbouring bands (a single speckle band cannot make it);
+- ``"borders"``: the upper and lower borders the model's border votes placed
+  (``MODEL.VOTING.BORDER_AXES`` with "y"), at the box's centre column;
+- ``"box"``: the box's height at its centre column (the naive baseline).
+
+All coordinates are image pixels (x right, y down). Millimetres need the
+pixel spacing (mm per pixel, the same along y for every method here).
+"""
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d, median_filter
+
+__all__ = [
+    "MEASUREMENT_METHODS",
+    "NT_CUTOFF_MM",
+    "Measurement",
+    "box_measurement",
+    "border_measurement",
+    "profile_measurement",
+    "to_millimetres",
+]
+
+MEASUREMENT_METHODS = ("profile", "borders", "box")
+# The 99th centile of NT thickness (FMF) at which further testing is offered.
+NT_CUTOFF_MM = 3.5
+# Share of the box width (centred) the profile method reads: the NT's ends curve away.
+PROFILE_WIDTH_FRACTION = 0.6
+# Margin above and below the box, as a share of its height, so that lines on the box's edge are inside.
+PROFILE_HEIGHT_MARGIN = 0.25
+# Column band width in pixels: profiles are averaged over it (speckle).
+PROFILE_BAND_PX = 5
+# Vertical Gaussian smoothing of the profiles (pixels).
+PROFILE_SMOOTH_PX = 1.0
+# Running median over this many neighbouring bands before the maximum is taken.
+PROFILE_MEDIAN_BANDS = 3
+# A band counts when both lines are at least this much brighter than the dark minimum (grey levels).
+PROFILE_MIN_CONTRAST = 8.0
+
+
+@dataclass
+class Measurement:
+    """Two caliper points (upper, lower), each ``(x, y)`` in image pixels, and
+    their distance in pixels; ``valid`` False when the method found no NT
+    profile (the calipers are then NaN)."""
+
+    calipers: np.ndarray  # (2, 2)
+    thickness_px: float
+    valid: bool = True
+
+    @classmethod
+    def invalid(cls) -> "Measurement":
+        return cls(np.full((2, 2), np.nan), float("nan"), False)
+
+
+def _from_points(x: float, y_upper: float, y_lower: float) -> Measurement:
+    return Measurement(np.array([[x, y_upper], [x, y_lower]], dtype=float), float(y_lower - y_upper))
+
+
+def box_measurement(box: Sequence[float]) -> Measurement:
+    """The naive baseline: the box's height, calipers on its upper and lower
+    edges at its centre column."""
+    x0, y0, x1, y1 = map(float, box)
+    return _from_points((x0 + x1) / 2, y0, y1)
+
+
+def border_measurement(box: Sequence[float], border_positions: Sequence[Optional[float]]) -> Measurement:
+    """The model's voted upper and lower borders (``border_positions`` = x_left,
+    y_top, x_right, y_bottom of the trace; y_top / y_bottom None or NaN when
+    the model does not vote along y) at the box's centre column."""
+    _, top, _, bottom = border_positions
+    if top is None or bottom is None or not (np.isfinite(top) and np.isfinite(bottom)) or bottom <= top:
+        return Measurement.invalid()
+    x0, _, x1, _ = map(float, box)
+    return _from_points((x0 + x1) / 2, float(top), float(bottom))
+
+
+def _crossing(profile: np.ndarray, start: int, stop: int, level: float) -> Optional[float]:
+    """First position going from index ``start`` towards ``stop`` where
+    ``profile`` falls to ``level`` (linear interpolation between samples)."""
+    step = 1 if stop > start else -1
+    for i in range(start, stop, step):
+        a, b = profile[i], profile[i + step]
+        if a >= level > b or a > level >= b:
+            return i + step * (a - level) / (a - b)
+    return None
+
+
+def _band_thickness(profile: np.ndarray, lo: int, hi: int) -> Optional[Tuple[float, float]]:
+    """Inner borders (upper, lower) of the dark band of ``profile`` whose
+    minimum lies in rows ``[lo, hi)``: the half-way crossings between the
+    minimum and the brightest row above it and below it."""
+    if hi - lo < 1:
+        return None
+    dark = lo + int(np.argmin(profile[lo:hi]))
+    if dark == 0 or dark == len(profile) - 1:
+        return None
+    upper = int(np.argmax(profile[:dark]))
+    lower = dark + int(np.argmax(profile[dark:]))
+    floor = profile[dark]
+    if min(profile[upper], profile[lower]) - floor < PROFILE_MIN_CONTRAST:
+        return None
+    top = _crossing(profile, upper, dark, (profile[upper] + floor) / 2)
+    bottom = _crossing(profile, lower, dark, (profile[lower] + floor) / 2)
+    if top is None or bottom is None or bottom <= top:
+        return None
+    return top, bottom
+
+
+def profile_measurement(grey: np.ndarray, box: Sequence[float]) -> Measurement:
+    """The intensity-profile measurement inside ``box`` (XYXY pixels) of the
+    grey image ``grey`` (H, W); see the module docstring. Coordinates follow
+    the pixel-centre convention: row r is at y = r + 0.5."""
+    grey = np.asarray(grey, dtype=np.float64)
+    if grey.ndim != 2:
+        raise ValueError(f"profile_measurement needs a grey (H, W) image, got shape {grey.shape}")
+    h_img, w_img = grey.shape
+    x0, y0, x1, y1 = map(float, box)
+    width, height = x1 - x0, y1 - y0
+    if width <= 0 or height <= 0:
+        return Measurement.invalid()
+    cx = (x0 + x1) / 2
+    c0 = int(np.clip(np.floor(cx - width * PROFILE_WIDTH_FRACTION / 2), 0, w_img - 1))
+    c1 = int(np.clip(np.ceil(cx + width * PROFILE_WIDTH_FRACTION / 2), c0 + 1, w_img))
+    r0 = int(np.clip(np.floor(y0 - PROFILE_HEIGHT_MARGIN * height), 0, h_img - 1))
+    r1 = int(np.clip(np.ceil(y1 + PROFILE_HEIGHT_MARGIN * height), r0 + 1, h_img))
+    region = grey[r0:r1, c0:c1]
+    if region.shape[0] < 5:
+        return Measurement.invalid()
+    # the dark minimum is looked for inside the box itself, not in its margins
+    lo = int(np.clip(np.floor(y0) - r0, 0, region.shape[0]))
+    hi = int(np.clip(np.ceil(y1) - r0, lo, region.shape[0]))
+    bands = max(1, region.shape[1] // PROFILE_BAND_PX)
+    tops, bottoms, xs = [], [], []
+    for b in range(bands):
+        a, e = b * PROFILE_BAND_PX, min((b + 1) * PROFILE_BAND_PX, region.shape[1]) if b < bands - 1 else region.shape[1]
+        profile = gaussian_filter1d(region[:, a:e].mean(axis=1), PROFILE_SMOOTH_PX, mode="nearest")
+        found = _band_thickness(profile, lo, hi)
+        tops.append(np.nan if found is None else found[0])
+        bottoms.append(np.nan if found is None else found[1])
+        xs.append(c0 + (a + e) / 2)
+    tops, bottoms, xs = np.array(tops), np.array(bottoms), np.array(xs)
+    thickness = bottoms - tops
+    if not np.isfinite(thickness).any():
+        return Measurement.invalid()
+    # a running median over neighbouring bands (NaN bands excluded) before the maximum
+    filled = np.where(np.isfinite(thickness), thickness, -np.inf)
+    smoothed = median_filter(filled, size=min(PROFILE_MEDIAN_BANDS, len(filled)), mode="nearest")
+    smoothed = np.where(np.isfinite(thickness), smoothed, -np.inf)
+    best = int(np.argmax(smoothed))
+    if not np.isfinite(smoothed[best]):
+        best = int(np.nanargmax(np.where(np.isfinite(thickness), thickness, np.nan)))
+    # rows to image y (pixel centres at r + 0.5)
+    return _from_points(float(xs[best]), r0 + tops[best] + 0.5, r0 + bottoms[best] + 0.5)
+
+
+def to_millimetres(thickness_px: float, pixel_spacing_mm: Optional[float]) -> float:
+    """Thickness in mm for a pixel spacing in mm per pixel; NaN when unknown
+    (None or <= 0)."""
+    if pixel_spacing_mm is None or not pixel_spacing_mm > 0:
+        return float("nan")
+    return float(thickness_px) * float(pixel_spacing_mm)
