@@ -392,6 +392,10 @@ def test_panel_and_line_of_a_border_voting_model(tiny_nt_set, test_image, tmp_pa
     line = explanation_line(trace)
     assert "upper border " + ", ".join(str(k) for k in order[1]) in line
     assert "lower border " + ", ".join(str(k) for k in order[3]) in line
+    # the thickness measurement: its calipers drawn as + markers, its value written
+    assert det["thickness_px"] is not None and len(det["calipers"]) == 2
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any(t.startswith("NT ") and "px" in t for t in texts)
     fig.savefig(tmp_path / "panel.png")
     _not_blank(tmp_path / "panel.png")
 

@@ -71,3 +71,51 @@ def test_box_and_border_methods_and_millimetres():
     assert to_millimetres(22.5, 0.1) == pytest.approx(2.25)
     assert np.isnan(to_millimetres(22.5, None)) and np.isnan(to_millimetres(22.5, 0.0))
     assert isinstance(Measurement.invalid(), Measurement)
+
+
+def test_the_model_measures_its_detection_on_the_image_and_rescales_to_the_output():
+    """VotingRCNN's measurement step on a drawn NT at input size 120 x 200,
+    output size twice that: calipers, thickness in output pixels, mm from the
+    input's pixel spacing (else the config's), the 3.5 mm flag."""
+    import torch
+    from detectron2.modeling import build_model
+    from detectron2.structures import Boxes, Instances
+
+    from .test_model import small_cfg
+
+    model = build_model(small_cfg("nt_lcf.yaml", **{"MODEL.MEASURE.PIXEL_SPACING": 0.05}))
+    img = phantom(50, 60)
+    result = Instances((H, W))
+    result.pred_boxes = Boxes(torch.tensor([[30.0, 44.0, 170.0, 66.0], [10.0, 10.0, 50.0, 30.0]]))
+    result.scores = torch.tensor([0.9, 0.2])
+    result.pred_classes = torch.zeros(2, dtype=torch.int64)
+    image = torch.from_numpy(img).float()[None].repeat(3, 1, 1)
+    model._measure(result, image)
+    assert torch.isnan(result.pred_calipers[1]).all()  # MAX_DETECTIONS 1: only the best is measured
+    model._rescale_intermediate(result, 2 * H, 2 * W)
+    model._thickness(result, pixel_spacing=None)
+    assert float(result.pred_nt_thickness_px[0]) == pytest.approx(20.0, abs=0.5)  # 10 input px, output x2
+    assert float(result.pred_nt_thickness_mm[0]) == pytest.approx(1.0, abs=0.03)
+    assert not bool(result.pred_nt_above_cutoff[0])
+    model._thickness(result, pixel_spacing=0.2)  # the input's own spacing wins
+    assert float(result.pred_nt_thickness_mm[0]) == pytest.approx(4.0, abs=0.1) and bool(result.pred_nt_above_cutoff[0])
+
+
+def test_prediction_rows_carry_the_thickness_and_calipers():
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    from voting_det.inference import detection_rows
+
+    inst = Instances((100, 200))
+    inst.pred_boxes = Boxes(torch.tensor([[10.0, 20.0, 110.0, 52.0], [0.0, 0.0, 5.0, 5.0]]))
+    inst.scores = torch.tensor([0.4, 0.9])  # the second is the best: rank 1
+    inst.pred_classes = torch.zeros(2, dtype=torch.int64)
+    inst.pred_calipers = torch.tensor([[[60.0, 24.0], [60.0, 48.0]], [[float("nan")] * 2] * 2])
+    inst.pred_nt_thickness_px = torch.tensor([24.0, float("nan")])
+    inst.pred_nt_thickness_mm = torch.tensor([3.6, float("nan")])
+    inst.pred_nt_above_cutoff = torch.tensor([True, False])
+    first, second = detection_rows("a.png", 100, 200, inst)
+    assert first["rank"] == 1 and first["thickness_px"] is None and first["caliper_upper_x"] is None
+    assert second["thickness_px"] == 24.0 and second["thickness_mm"] == 3.6 and second["above_cutoff"] == 1
+    assert (second["caliper_upper_x"], second["caliper_upper_y"], second["caliper_lower_y"]) == (60.0, 24.0, 48.0)

@@ -8,7 +8,9 @@ e.g. ``... --output out.csv MODEL.WEIGHTS output/model_final.pth`` (options
 before the ``KEY VALUE`` overrides). Folders are searched recursively for
 .png/.jpg/.jpeg/.bmp/.tif/.tiff images, in natural order. The table has one row
 per detection (``file``, ``image_height``, ``image_width``, ``rank``, ``score``,
-``class``, ``x0 y0 x1 y1``, ``error``): see ``voting_det/inference.py``.
+``class``, ``x0 y0 x1 y1``, the NT thickness in pixels and, with
+``--pixel-spacing MM``, in mm with the 3.5 mm flag, the two caliper points,
+``error``): see ``voting_det/inference.py``.
 ``.csv`` writes CSV; ``.json`` / ``.jsonl`` write JSON Lines (one object per
 line). Run it again to resume: images already in the table are skipped; a file
 that is not such a table is never overwritten.
@@ -50,6 +52,9 @@ def build_parser():
     p.add_argument("--config-file", required=True, metavar="FILE", help="model config (YAML)")
     p.add_argument("--input", required=True, help="an image, or a folder searched recursively")
     p.add_argument("--output", required=True, help="the table: .csv, or .json/.jsonl (JSON Lines)")
+    p.add_argument("--pixel-spacing", type=float, default=None, metavar="MM",
+                   help="pixel spacing of the images in mm per pixel: the NT thickness is also given in mm "
+                        "(MODEL.MEASURE.PIXEL_SPACING)")
     p.add_argument("--score-thresh", type=float, default=None,
                    help="keep detections scoring at least this (default: the config's test threshold)")
     return cli.add_overrides(p)
@@ -59,7 +64,10 @@ def main(argv=None):
     args = cli.parse_args(build_parser(), argv)
     # every user error before the model is built (nothing written until then)
     thresholds = [] if args.score_thresh is None else [v for key in SCORE_THRESH_KEYS for v in (key, args.score_thresh)]
-    cfg = cli.load_config(args.config_file, list(args.opts) + thresholds)
+    if args.pixel_spacing is not None and not args.pixel_spacing > 0:
+        raise cli.UserError(f"--pixel-spacing {args.pixel_spacing}: must be > 0 (mm per pixel, e.g. 0.1)")
+    spacing = [] if args.pixel_spacing is None else ["MODEL.MEASURE.PIXEL_SPACING", args.pixel_spacing]
+    cfg = cli.load_config(args.config_file, list(args.opts) + thresholds + spacing)
     cli.input_images(args.input)
     cli.check_suffix(args.output, (CSV_SUFFIX,) + JSON_LINES_SUFFIXES)
     try:

@@ -56,6 +56,7 @@ def add_voting_config(cfg: CN) -> None:
     _add_eval_config(cfg)
     _add_checkpoint_config(cfg)
     _add_explain_config(cfg)
+    _add_measure_config(cfg)
     for key in RETIRED_KEYS:
         cfg.register_deprecated_key(key)
 
@@ -70,6 +71,23 @@ EXPLAIN_RANKINGS = ("contribution", "alpha", "contrastive")
 # File name of the contrastive reference written beside the weights
 # (tools/explanation_specificity.py --write-reference) when MODEL.EXPLAIN.REFERENCE is "".
 EXPLAIN_REFERENCE_FILE = "explain_reference.json"
+
+
+def _add_measure_config(cfg: CN) -> None:
+    m = cfg.MODEL.MEASURE = CN()
+    # NT thickness of the detections (voting_det.measurement): "profile" (the
+    # inner borders of the echogenic lines in the image inside the box),
+    # "borders" (the model's voted borders; needs MODEL.VOTING.BORDER_AXES with
+    # "y"), "box" (the box height), or "" (none).
+    m.METHOD = "profile"
+    # How many of each image's detections (best first) are measured; the rest get NaN.
+    m.MAX_DETECTIONS = 1
+    # Pixel spacing in mm per pixel of the input images (0 = unknown: no mm); an
+    # input dict's "pixel_spacing" (e.g. from DICOM, tools/predict.py
+    # --pixel-spacing) takes precedence.
+    m.PIXEL_SPACING = 0.0
+    # Thickness in mm at which a detection is flagged (the FMF's 99th centile).
+    m.CUTOFF_MM = 3.5
 
 
 def _add_explain_config(cfg: CN) -> None:
@@ -96,6 +114,13 @@ def validate_explain_config(cfg: CN) -> None:
         _fail("MODEL.EXPLAIN.TOP_PRIMITIVES", f"must be >= 1, got {e.TOP_PRIMITIVES}")
     if e.RANK_BY not in EXPLAIN_RANKINGS:
         _fail("MODEL.EXPLAIN.RANK_BY", f"must be one of {EXPLAIN_RANKINGS}, got {e.RANK_BY!r}")
+    m = cfg.MODEL.MEASURE
+    if m.METHOD not in ("", "profile", "borders", "box"):
+        _fail("MODEL.MEASURE.METHOD", f"must be 'profile', 'borders', 'box' or '' (none), got {m.METHOD!r}")
+    if m.METHOD == "borders" and "y" not in cfg.MODEL.VOTING.BORDER_AXES:
+        _fail("MODEL.MEASURE.METHOD", "'borders' needs border votes along y (MODEL.VOTING.BORDER_AXES ['y', ...])")
+    if m.MAX_DETECTIONS < 0 or m.PIXEL_SPACING < 0:
+        _fail("MODEL.MEASURE", f"MAX_DETECTIONS and PIXEL_SPACING must be >= 0, got {m.MAX_DETECTIONS}, {m.PIXEL_SPACING}")
 
 
 # Keys of earlier versions that configs saved next to old runs still carry:

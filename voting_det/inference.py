@@ -14,6 +14,16 @@ detection to a table, ``tools/predict.py``'s output:
 ``score``             detection score (empty when rank is 0)
 ``class``             class name from the metadata's ``thing_classes``, else id
 ``x0 y0 x1 y1``       box corners in image pixels (XYXY; empty when rank is 0)
+``thickness_px``      NT thickness between the two calipers, image pixels
+                      (voting_det models, ``MODEL.MEASURE``; empty when not
+                      measured: other detectors, detections after the first
+                      ``MODEL.MEASURE.MAX_DETECTIONS``, or no NT profile found)
+``thickness_mm``      the same in mm (empty when the pixel spacing is unknown)
+``above_cutoff``      1 when thickness_mm >= ``MODEL.MEASURE.CUTOFF_MM`` (3.5), else 0
+``caliper_upper_x``   the two caliper points (upper, lower) in image pixels
+``caliper_upper_y``
+``caliper_lower_x``
+``caliper_lower_y``
 ``error``             why the image could not be processed (other fields empty)
 ====================  =========================================================
 
@@ -33,6 +43,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -63,10 +74,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Columns of a prediction table, in order.
-PREDICTION_FIELDS = ("file", "image_height", "image_width", "rank", "score", "class", "x0", "y0", "x1", "y1", "error")
+CALIPER_FIELDS = ("caliper_upper_x", "caliper_upper_y", "caliper_lower_x", "caliper_lower_y")
+PREDICTION_FIELDS = ("file", "image_height", "image_width", "rank", "score", "class", "x0", "y0", "x1", "y1",
+                     "thickness_px", "thickness_mm", "above_cutoff") + CALIPER_FIELDS + ("error",)
 BOX_FIELDS = ("x0", "y0", "x1", "y1")
-_INT_FIELDS = ("image_height", "image_width", "rank")
-_FLOAT_FIELDS = ("score",) + BOX_FIELDS
+_INT_FIELDS = ("image_height", "image_width", "rank", "above_cutoff")
+_FLOAT_FIELDS = ("score", "thickness_px", "thickness_mm") + BOX_FIELDS + CALIPER_FIELDS
+# Decimals of a thickness in mm in the table.
+MM_DECIMALS = 3
 # Rank of the one row of an image without detection (detections are ranked from 1).
 NO_DETECTION_RANK = 0
 # The error recorded for a file that cannot be read as an image.
@@ -144,6 +159,11 @@ def detection_rows(
     order = keep[torch.argsort(scores[keep], descending=True, stable=True)]
     boxes = instances.pred_boxes.tensor.detach().cpu()[order].tolist()
     classes = instances.pred_classes.detach().cpu()[order].tolist()
+    measured = instances.has("pred_calipers")
+    if measured:
+        calipers = instances.pred_calipers.detach().cpu()[order].reshape(-1, 4).tolist()
+        px = instances.pred_nt_thickness_px.detach().cpu()[order].tolist()
+        mm = instances.pred_nt_thickness_mm.detach().cpu()[order].tolist()
     base = {"image_height": int(height), "image_width": int(width)}
     if not boxes:
         return [{**_empty_row(file), **base, "rank": NO_DETECTION_RANK}]
@@ -152,6 +172,12 @@ def detection_rows(
         row = {**_empty_row(file), **base, "rank": rank, "score": round(score, SCORE_DECIMALS)}
         row["class"] = class_names[cls] if class_names is not None and cls < len(class_names) else cls
         row.update({k: round(v, BOX_DECIMALS) for k, v in zip(BOX_FIELDS, box)})
+        if measured and math.isfinite(px[rank - 1]):
+            row["thickness_px"] = round(px[rank - 1], BOX_DECIMALS)
+            row.update({k: round(v, BOX_DECIMALS) for k, v in zip(CALIPER_FIELDS, calipers[rank - 1])})
+            if math.isfinite(mm[rank - 1]):
+                row["thickness_mm"] = round(mm[rank - 1], MM_DECIMALS)
+                row["above_cutoff"] = int(bool(instances.pred_nt_above_cutoff[order][rank - 1]))
         rows.append(row)
     return rows
 

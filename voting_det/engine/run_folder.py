@@ -25,8 +25,9 @@ def _flatten(d, prefix="") -> Dict[str, object]:
 
 
 # Keys that do not change what a training run computes: where it writes, how
-# weights files are read, and what inference attaches to its detections.
-NOT_OF_THE_RUN = ("OUTPUT_DIR", "MODEL.CHECKPOINT.", "MODEL.EXPLAIN.")
+# weights files are read, and what inference attaches to its detections
+# (explanations, thickness measurements).
+NOT_OF_THE_RUN = ("OUTPUT_DIR", "MODEL.CHECKPOINT.", "MODEL.EXPLAIN.", "MODEL.MEASURE.")
 
 
 def config_differences(saved_text: str, current_text: str, ignore=NOT_OF_THE_RUN) -> List[str]:

@@ -262,11 +262,15 @@ def _draw_top(sub, rgb, trace, det, gt_boxes, roles):
                 ax.plot(cx, cy, marker="x", color=colour, markersize=8, markeredgewidth=2)
                 if lvl == levels[-1]:
                     _draw_borders(ax, det["levels"][lvl], colour)
+        if zoom:
+            _draw_calipers(ax, det)
         if det["global"] is not None:
             _box(ax, det["global"]["box"], "global")
         _box(ax, det["box"], "final", zorder=4)
     ax_full.set_title("whole image", fontsize=10)
-    ax_zoom.set_title("zoom (x: soft-argmax centre of each level, in its colour)", fontsize=10)
+    measured = thickness_text(det)
+    ax_zoom.set_title("zoom (x: soft-argmax centre of each level, in its colour"
+                      + ("; +: calipers of the thickness)" if measured else ")"), fontsize=10)
     if gt_boxes:
         handles.append(_handle("gt", "ground truth"))
     elif gt_boxes is not None:
@@ -283,6 +287,30 @@ def _draw_top(sub, rgb, trace, det, gt_boxes, roles):
         handles.append(_handle("final", "final box (= $x_L$, no context branch)"))
     sub.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize=8.5,
                frameon=False)
+
+
+CALIPER_COLOUR = "#ffd400"
+
+
+def thickness_text(det: Dict) -> str:
+    """"NT 1.82 mm (18.2 px)", "NT 18.2 px (spacing unknown)" or "" when not measured."""
+    px, mm = det.get("thickness_px"), det.get("thickness_mm")
+    if px is None:
+        return ""
+    return f"NT {mm:.2f} mm ({px:.1f} px)" if mm is not None else f"NT {px:.1f} px (pixel spacing unknown)"
+
+
+def _draw_calipers(ax, det: Dict) -> None:
+    """The measurement's two caliper points (+) joined by a line, and the thickness."""
+    calipers = det.get("calipers")
+    if not calipers or any(v is None for point in calipers for v in point):
+        return
+    (x0, y0), (x1, y1) = calipers
+    ax.plot([x0, x1], [y0, y1], color=CALIPER_COLOUR, linewidth=1.2, zorder=6)
+    ax.plot([x0, x1], [y0, y1], linestyle="none", marker="+", markersize=12, markeredgewidth=2,
+            color=CALIPER_COLOUR, zorder=6)
+    ax.text(x1 + 4, y1 + 4, thickness_text(det), color=CALIPER_COLOUR, fontsize=9, va="top", zorder=6,
+            bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "edgecolor": "none"}, clip_on=True)
 
 
 def _draw_borders(ax, level_trace: Dict, colour: str) -> None:

@@ -263,6 +263,9 @@ def _detection(instances: Instances, i: int, levels: Sequence[str]) -> Dict:
         "mu": get("mu"),
         "context_boxes": get("context_boxes"),
         "deformed_context_boxes": get("deformed_context_boxes"),
+        "calipers": get("pred_calipers"),
+        "thickness_px": get("pred_nt_thickness_px"),
+        "thickness_mm": get("pred_nt_thickness_mm"),
         "levels": {},
     }
     if instances.has("global_boxes"):

@@ -20,6 +20,8 @@ __all__ = ["VotingRCNN", "refuse_partial_loads", "use_channels_last_stem"]
 
 # Instance fields holding boxes in input-image coordinates (rescaled with pred_boxes).
 INTERMEDIATE_BOX_FIELDS = (
+    "pred_borders",
+    "pred_calipers",
     "proposal_boxes",
     "local_boxes",
     "global_boxes",
@@ -105,10 +107,12 @@ class VotingRCNN(GeneralizedRCNN):
         context_feature: str,
         channels_last_stem: bool = False,
         share_context: bool = False,
+        measure: Optional[Dict] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.share_context = share_context
+        self.measure = dict(measure or {"method": "", "max_detections": 1, "pixel_spacing": 0.0, "cutoff_mm": 3.5})
         self.register_load_state_dict_post_hook(refuse_partial_loads)
         self.context_backbone = context_backbone
         self.context_feature = context_feature
@@ -134,6 +138,12 @@ class VotingRCNN(GeneralizedRCNN):
             context_backbone=context_backbone,
             context_feature=c.IN_FEATURE,
             share_context=bool(c.ENABLED and c.SHARE_BACKBONE),
+            measure={
+                "method": cfg.MODEL.MEASURE.METHOD,
+                "max_detections": cfg.MODEL.MEASURE.MAX_DETECTIONS,
+                "pixel_spacing": cfg.MODEL.MEASURE.PIXEL_SPACING,
+                "cutoff_mm": cfg.MODEL.MEASURE.CUTOFF_MM,
+            },
             channels_last_stem=cfg.MODEL.VOTING.CHANNELS_LAST_STEM,
         )
         return ret
@@ -177,11 +187,55 @@ class VotingRCNN(GeneralizedRCNN):
         features = self.extract_features(images)
         proposals, _ = self.proposal_generator(images, features, None)
         results, _ = self.roi_heads(images, features, proposals, None)
+        if self.measure["method"]:
+            for result, inputs in zip(results, batched_inputs):
+                self._measure(result, inputs["image"])
         if not do_postprocess:
             return results
         for result, inputs, size in zip(results, batched_inputs, images.image_sizes):
             self._rescale_intermediate(result, inputs.get("height", size[0]), inputs.get("width", size[1]))
-        return self._postprocess(results, batched_inputs, images.image_sizes)
+        processed = self._postprocess(results, batched_inputs, images.image_sizes)
+        if self.measure["method"]:
+            for out, inputs in zip(processed, batched_inputs):
+                self._thickness(out["instances"], inputs.get("pixel_spacing"))
+        return processed
+
+    def _measure(self, result, image: Tensor) -> None:
+        """``pred_calipers`` (N, 2, 2) of the best ``MODEL.MEASURE.MAX_DETECTIONS``
+        detections (NaN for the others), in the network input's coordinates,
+        by ``MODEL.MEASURE.METHOD`` (voting_det.measurement) on the input image."""
+        from ..measurement import border_measurement, box_measurement, profile_measurement
+
+        method, count = self.measure["method"], min(len(result), self.measure["max_detections"])
+        calipers = torch.full((len(result), 2, 2), float("nan"))
+        boxes = result.pred_boxes.tensor.detach().cpu()
+        grey = image.float().mean(dim=0).cpu().numpy() if method == "profile" and count else None
+        borders = result.pred_borders.detach().cpu() if result.has("pred_borders") else None
+        if method == "borders" and borders is None:
+            raise ValueError("config key MODEL.MEASURE.METHOD: 'borders' needs a model with border votes along y "
+                             "(MODEL.VOTING.BORDER_AXES); use 'profile' or 'box'")
+        for i in range(count):
+            box = boxes[i].tolist()
+            if method == "profile":
+                m = profile_measurement(grey, box)
+            elif method == "borders":
+                m = border_measurement(box, borders[i].tolist())
+            else:
+                m = box_measurement(box)
+            calipers[i] = torch.as_tensor(m.calipers, dtype=torch.float32)
+        result.pred_calipers = calipers.to(boxes.device if boxes.is_cuda else "cpu")
+
+    def _thickness(self, instances, pixel_spacing: Optional[float]) -> None:
+        """``pred_nt_thickness_px`` (the calipers' distance in output pixels),
+        ``pred_nt_thickness_mm`` (NaN when the pixel spacing is unknown) and
+        ``pred_nt_above_cutoff`` (thickness >= MODEL.MEASURE.CUTOFF_MM)."""
+        calipers = instances.pred_calipers
+        px = (calipers[:, 1] - calipers[:, 0]).norm(dim=1)
+        spacing = float(pixel_spacing) if pixel_spacing is not None else float(self.measure["pixel_spacing"])
+        mm = px * spacing if spacing > 0 else torch.full_like(px, float("nan"))
+        instances.pred_nt_thickness_px = px
+        instances.pred_nt_thickness_mm = mm
+        instances.pred_nt_above_cutoff = mm >= self.measure["cutoff_mm"]
 
     def _rescale_intermediate(self, result, height: int, width: int) -> None:
         """Scale the intermediate box and point fields (trace fields included) to

@@ -422,6 +422,9 @@ class VotingROIHeads(ROIHeads):
             self.test_nms_thresh,
             self.test_detections_per_img,
         )
+        if last.border_positions is not None:  # the final level's voted borders (x_left, y_top, x_right, y_bottom)
+            for inst, idx, part in zip(instances, kept, last.border_positions.split(num_per_image)):
+                inst.pred_borders = part[idx]
         if not (self.return_intermediate or self.explain):
             return instances
         extras = self._intermediate(outputs, glob, proposals)
