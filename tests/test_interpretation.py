@@ -164,7 +164,7 @@ def test_deleting_a_primitive_zeroes_its_vote_and_all_deleted_gives_no_nan():
     out = stage(feature, boxes, primitive_mask=torch.tensor([[1.0], [0.0]]))
     assert out.response_maps[0].sum() > 0 and out.response_maps[1].sum() == 0
     assert out.vote_heatmap[1].abs().sum() == 0
-    assert all(torch.isfinite(v).all() for v in vars(out).values())
+    assert all(torch.isfinite(v).all() for v in vars(out).values() if isinstance(v, torch.Tensor))
     # with every response gone, p is uniform and the centre is the crop centre
     assert out.centres[1].tolist() == pytest.approx([2.0, 1.5], abs=1e-5)
     trace = stage.trace(out, top=1)
@@ -264,7 +264,8 @@ def test_intervention_equals_the_models_own_forward_with_the_mask(explainer, tes
     with torch.no_grad():
         levels, _ = model.roi_heads.run_levels(explanation.features, [explanation.proposals],
                                                primitive_masks={"res4": torch.zeros(K), "res3": torch.zeros(K)})
-    assert all(torch.isfinite(getattr(out, f.name)).all() for out in levels for f in dataclasses.fields(out))
+    assert all(torch.isfinite(getattr(out, f.name)).all() for out in levels for f in dataclasses.fields(out)
+               if getattr(out, f.name) is not None)
 
 
 def test_deletion_test_curves(explainer, test_image):
