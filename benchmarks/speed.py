@@ -194,7 +194,8 @@ def timed_components(model: nn.Module) -> Dict[str, nn.Module]:
         parts[f"{HEAD_PREFIX}roi_heads"] = model.roi_heads
     context_head = getattr(model.roi_heads, "context_head", None)
     if context_head is not None:
-        parts["context backbone"] = model.context_backbone
+        if getattr(model, "context_backbone", None) is not None:  # none with MODEL.CONTEXT.SHARE_BACKBONE
+            parts["context backbone"] = model.context_backbone
         parts[f"{HEAD_PREFIX}context"] = context_head
     return parts
 

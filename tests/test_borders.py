@@ -240,3 +240,15 @@ def test_without_box_fusion_the_box_is_the_local_one_and_the_score_is_fused():
     with EventStorage():
         losses = model(batch(with_negative=False))
     assert "loss_fused_cls" in losses and "loss_fused_box" not in losses
+
+
+def test_the_speed_benchmark_times_a_one_backbone_model():
+    import sys
+
+    sys.path.insert(0, os.path.dirname(CONFIG_DIR))
+    from benchmarks.speed import HEAD_PREFIX, timed_components
+
+    model = build_model(small_cfg("nt_voting.yaml", **{"MODEL.CONTEXT.SHARE_BACKBONE": True}))
+    parts = timed_components(model)
+    assert "context backbone" not in parts and f"{HEAD_PREFIX}context" in parts
+    assert parts["backbone"] is model.backbone
