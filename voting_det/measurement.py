@@ -147,7 +147,8 @@ def profile_measurement(grey: np.ndarray, box: Sequence[float]) -> Measurement:
     bands = max(1, region.shape[1] // PROFILE_BAND_PX)
     tops, bottoms, xs = [], [], []
     for b in range(bands):
-        a, e = b * PROFILE_BAND_PX, min((b + 1) * PROFILE_BAND_PX, region.shape[1]) if b < bands - 1 else region.shape[1]
+        a = b * PROFILE_BAND_PX
+        e = (b + 1) * PROFILE_BAND_PX if b < bands - 1 else region.shape[1]  # the last band takes the rest
         profile = gaussian_filter1d(region[:, a:e].mean(axis=1), PROFILE_SMOOTH_PX, mode="nearest")
         found = _band_thickness(profile, lo, hi)
         tops.append(np.nan if found is None else found[0])

@@ -83,7 +83,7 @@ def _refuse_other_run(cfg: CfgNode) -> None:
 # Format of a stage's log.txt (detectron2's file format).
 STAGE_LOG_FORMAT = "[%(asctime)s] %(name)s %(levelname)s: %(message)s"
 # The loggers whose messages a stage's log.txt gets.
-STAGE_LOGGERS = ("detectron2", "d2", "fvcore", "voting_det")
+STAGE_LOGGERS = ("detectron2", "fvcore", "voting_det")
 
 
 @contextlib.contextmanager

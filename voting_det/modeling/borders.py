@@ -27,7 +27,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .grid import axis_cell_centres
+from .grid import axis_cell_centres, linear_cell_weights
 from .voting import DEFAULT_EPS, DEFAULT_LOG_TEMPERATURE_RANGE, temperature
 
 __all__ = [
@@ -131,10 +131,7 @@ def border_contributions(per_primitive: Tensor, positions: Tensor) -> Tensor:
     interpolated linearly between the cell centres at the position
     (their mean over k is ``Psi_b`` there). ``per_primitive`` ``(R, K, B, L)``,
     ``positions`` ``(R, B)`` -> ``(R, B, K)``."""
-    length = per_primitive.shape[-1]
-    index = (positions - 0.5).clamp(0, length - 1)
-    cells = torch.arange(length, dtype=positions.dtype, device=positions.device)
-    weights = (1 - (index[..., None] - cells).abs()).clamp_min(0)  # (R, B, L)
+    weights = linear_cell_weights(positions, per_primitive.shape[-1])  # (R, B, L)
     return torch.einsum("rkbj,rbj->rbk", per_primitive, weights)
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "grid_to_image",
     "image_to_grid",
     "interpolate_bilinear",
+    "linear_cell_weights",
     "nearest_cell_index",
 ]
 
@@ -95,6 +96,15 @@ def cell_centres_of(index: Tensor, grid_size: Tuple[int, int]) -> Tensor:
     return torch.stack([col + _CELL_CENTRE_OFFSET, row + _CELL_CENTRE_OFFSET], dim=-1)
 
 
+def linear_cell_weights(positions: Tensor, size: int) -> Tensor:
+    """Linear interpolation weights of the ``size`` cell centres along one
+    axis at ``positions`` (cell units, any shape S) -> ``S + (size,)``; they
+    sum to 1, and a position beyond the outermost centres takes the end cell."""
+    index = (positions - _CELL_CENTRE_OFFSET).clamp(0, size - 1)
+    cells = torch.arange(size, dtype=positions.dtype, device=positions.device)
+    return (1 - (index[..., None] - cells).abs()).clamp_min(0)
+
+
 def bilinear_cell_weights(centre_cells: Tensor, grid_size: Tuple[int, int]) -> Tensor:
     """Bilinear interpolation weights of the cell centres at ``(x, y)``.
 
@@ -102,13 +112,7 @@ def bilinear_cell_weights(centre_cells: Tensor, grid_size: Tuple[int, int]) -> T
     cells' values. ``(R, 2)`` -> ``(R, M, N)``.
     """
     m, n = grid_size
-
-    def hat(position: Tensor, size: int) -> Tensor:
-        index = (position - _CELL_CENTRE_OFFSET).clamp(0, size - 1)
-        cells = torch.arange(size, dtype=position.dtype, device=position.device)
-        return (1 - (index[:, None] - cells).abs()).clamp_min(0)
-
-    return hat(centre_cells[:, 1], m)[:, :, None] * hat(centre_cells[:, 0], n)[:, None, :]
+    return linear_cell_weights(centre_cells[:, 1], m)[:, :, None] * linear_cell_weights(centre_cells[:, 0], n)[:, None, :]
 
 
 def interpolate_bilinear(grid: Tensor, centre_cells: Tensor) -> Tensor:

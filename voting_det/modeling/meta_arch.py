@@ -223,7 +223,7 @@ class VotingRCNN(GeneralizedRCNN):
             else:
                 m = box_measurement(box)
             calipers[i] = torch.as_tensor(m.calipers, dtype=torch.float32)
-        result.pred_calipers = calipers.to(boxes.device if boxes.is_cuda else "cpu")
+        result.pred_calipers = calipers.to(result.pred_boxes.device)
 
     def _thickness(self, instances, pixel_spacing: Optional[float]) -> None:
         """``pred_nt_thickness_px`` (the calipers' distance in output pixels),

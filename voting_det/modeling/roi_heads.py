@@ -331,8 +331,9 @@ class VotingROIHeads(ROIHeads):
     def _border_loss(self, out: LevelOutput, fg: Tensor, gt_boxes: Tensor, level: VotingLevel) -> Tensor:
         """Border heatmap loss: each voting axis' two border probabilities
         against a Gaussian (``heatmap_sigma`` of that axis, in cells) at the
-        true borders, KL summed over the borders, mean over the foreground."""
-        total = out.size_deltas.sum() * 0.0
+        true borders, KL summed over the borders (:func:`heatmap_loss`), mean
+        over the foreground, summed over the axes."""
+        total = []
         crop_boxes = out.crop_boxes[fg]
         for axis, voted in out.borders.items():
             dim = 0 if axis == "x" else 1
@@ -340,10 +341,8 @@ class VotingROIHeads(ROIHeads):
             scale = (crop_boxes[:, 2 + dim] - crop_boxes[:, dim]) / length
             true_cells = (gt_boxes[:, [dim, dim + 2]] - crop_boxes[:, dim : dim + 1]) / scale[:, None]
             target = border_heatmap_target(true_cells, length, self.heatmap_sigma[dim])
-            p = voted["probabilities"][fg]
-            if len(p):
-                total = total + (torch.xlogy(target, target) - torch.xlogy(target, p + 1e-6)).sum(dim=(1, 2)).mean()
-        return total
+            total.append(heatmap_loss(voted["probabilities"][fg], target))
+        return sum(total)
 
     def _log_level(self, level: VotingLevel, out: LevelOutput, gt_classes: Tensor, fg: Tensor) -> None:
         """Foreground count, classification accuracy and temperature of one
