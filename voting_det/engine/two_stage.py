@@ -94,15 +94,17 @@ def stage_log(output_dir: str):
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter(STAGE_LOG_FORMAT, datefmt="%m/%d %H:%M:%S"))
     loggers = [logging.getLogger(name) for name in STAGE_LOGGERS]
+    levels = [log.level for log in loggers]
     for log in loggers:
         log.addHandler(handler)
         if log.level == logging.NOTSET or log.level > logging.INFO:
-            log.setLevel(logging.INFO)
+            log.setLevel(logging.INFO)  # their INFO messages reach the file
     try:
         yield handler
     finally:
-        for log in loggers:
+        for log, level in zip(loggers, levels):
             log.removeHandler(handler)
+            log.setLevel(level)
         handler.close()
 
 
