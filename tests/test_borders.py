@@ -20,6 +20,7 @@ from voting_det.modeling.borders import (
     border_templates,
     border_vote,
     border_votes_per_primitive,
+    local_positions,
     profiles,
     soft_argmax_1d,
 )
@@ -86,6 +87,50 @@ def test_soft_argmax_1d_finds_a_peak_between_cells():
     Psi[0, 0, 3] = Psi[0, 0, 4] = 1.0  # a plateau on cells 3 and 4: centre 4.0 in cell units
     _, positions = soft_argmax_1d(Psi, torch.tensor(-3.0))
     assert float(positions) == pytest.approx(4.0, abs=1e-3)
+
+
+def test_the_local_read_out_takes_the_mass_near_the_peak_only():
+    """Hand-computed: p = (0.2, 0, 0, 0.1, 0.5, 0.2, 0, 0) on 8 cells. The
+    whole-axis soft-argmax is sum p (j + 1/2) = 3.8, pulled toward the far
+    mass at cell 0; within 1 cell of the peak (cell 4) the read-out is
+    (0.1 * 3.5 + 0.5 * 4.5 + 0.2 * 5.5) / 0.8 = 4.625."""
+    p = torch.tensor([[[0.2, 0.0, 0.0, 0.1, 0.5, 0.2, 0.0, 0.0]]])
+    centres = np.arange(8) + 0.5
+    assert float((p[0, 0].numpy() * centres).sum()) == pytest.approx(3.8)
+    assert float(local_positions(p, 1)) == pytest.approx((0.1 * 3.5 + 0.5 * 4.5 + 0.2 * 5.5) / 0.8)
+    # a window covering the axis is the whole-axis mean again; at the axis' end the window is cut
+    assert float(local_positions(p, 8)) == pytest.approx(3.8)
+    q = torch.tensor([[[0.6, 0.3, 0.0, 0.1]]])
+    assert float(local_positions(q, 1)) == pytest.approx((0.6 * 0.5 + 0.3 * 1.5) / 0.9)
+    with pytest.raises(ValueError, match="window"):
+        local_positions(p, 0)
+
+
+def test_the_read_out_window_acts_at_inference_only():
+    """A band at row 5 whose templates send most of the upper border's vote 2
+    rows up and some 5 rows down: at inference with a window the border is
+    read at its peak, in training (and without a window) by the whole-axis
+    soft-argmax, which the far vote pulls down."""
+    m, n, k = 12, 10, 1
+    module = BorderVoting(k, (m, n), ["y"], crop_context=(1.5, 3.0), log_temperature_init=0.0, readout_window=1)
+    logits = delta_templates(k, m, -2, +3)
+    logits[:, 0, m - 1 + 5] = 29.0  # a second, smaller vote of the upper border's template
+    with torch.no_grad():
+        module.logits("y").copy_(logits)
+    Rs = torch.zeros(1, k, m, n)
+    Rs[0, 0, 5, 2:8] = 1.0
+    module.train()
+    soft = module(Rs)["y"]
+    module.eval()
+    local = module(Rs)["y"]
+    torch.testing.assert_close(local["probabilities"], soft["probabilities"])
+    p = soft["probabilities"][0, 0].detach().numpy()
+    centres = np.arange(m) + 0.5
+    assert float(soft["positions"][0, 0]) == pytest.approx(float((p * centres).sum()), abs=1e-5)
+    assert float(local["positions"][0, 0]) == pytest.approx(3.5, abs=0.05)  # the peak, row 3
+    assert float(soft["positions"][0, 0]) > 4.0  # pulled toward the far vote at row 10
+    with pytest.raises(ValueError, match="read-out window"):
+        BorderVoting(k, (m, n), ["y"], crop_context=(1.5, 3.0), readout_window=-1)
 
 
 def test_border_target_and_contributions():

@@ -197,6 +197,7 @@ def test_every_config_parses_and_builds(config):
         ("MODEL.VOTING.CROP_CONTEXT", (0.5, 3.0), "MODEL.VOTING.CROP_CONTEXT"),
         ("MODEL.VOTING.BORDER_AXES", ["z"], "MODEL.VOTING.BORDER_AXES"),
         ("MODEL.VOTING.BORDER_AXES", ["y", "y"], "MODEL.VOTING.BORDER_AXES"),
+        ("MODEL.VOTING.BORDER_READOUT_WINDOW", -1, "MODEL.VOTING.BORDER_READOUT_WINDOW"),
     ],
 )
 def test_bad_config_names_the_key(key, value, message):

@@ -233,6 +233,11 @@ def _add_voting_model_config(cfg: CN) -> None:
     # Weight of the border heatmap loss (each border's soft-argmax probabilities
     # against a Gaussian of HEATMAP_SIGMA at the true border).
     v.LOSS_WEIGHT_BORDER = 1.0
+    # At inference, read each voted border as the soft-argmax over the cells
+    # within this many cells of its most probable cell (the whole-axis
+    # soft-argmax is pulled toward the crop's middle, which shortens boxes).
+    # 0 = the whole-axis soft-argmax, as in training. Inference only.
+    v.BORDER_READOUT_WINDOW = 0
     # Smooth-L1 beta of the centre and size losses.
     v.SMOOTH_L1_BETA = 0.1
     # Sigma (x, y) in cells of the heatmap target Gaussian at the true centre.
@@ -356,6 +361,8 @@ def validate_voting_config(cfg: CN) -> None:
         _fail("MODEL.VOTING.POOLER_TYPE", f"must be ROIAlign or ROIAlignV2, got {v.POOLER_TYPE!r}")
     if len(set(v.BORDER_AXES)) != len(v.BORDER_AXES) or any(a not in ("x", "y") for a in v.BORDER_AXES):
         _fail("MODEL.VOTING.BORDER_AXES", f"must be distinct axes of 'x', 'y' ([] = no border votes), got {list(v.BORDER_AXES)}")
+    if not isinstance(v.BORDER_READOUT_WINDOW, int) or v.BORDER_READOUT_WINDOW < 0:
+        _fail("MODEL.VOTING.BORDER_READOUT_WINDOW", f"must be a whole number of cells >= 0 (0 = the soft-argmax), got {v.BORDER_READOUT_WINDOW!r}")
     if v.LOSS_WEIGHT_BORDER < 0:
         _fail("MODEL.VOTING.LOSS_WEIGHT_BORDER", f"must be >= 0, got {v.LOSS_WEIGHT_BORDER}")
     out_features = set(cfg.MODEL.RESNETS.OUT_FEATURES)

@@ -40,6 +40,7 @@ __all__ = [
     "border_templates",
     "border_vote",
     "border_votes_per_primitive",
+    "local_positions",
     "profiles",
     "soft_argmax_1d",
 ]
@@ -118,6 +119,20 @@ def soft_argmax_1d(
     return p, (p * axis_cell_centres(Psi.shape[-1], p)).sum(dim=-1)
 
 
+def local_positions(p: Tensor, window: int) -> Tensor:
+    """The read-out of each border restricted to its peak: the p-weighted mean
+    of the cell centres within ``window`` cells of the most probable cell
+    (``MODEL.VOTING.BORDER_READOUT_WINDOW``). A soft-argmax over the whole axis
+    is pulled toward the axis' middle by the mass away from the peak; this
+    read-out is not. ``p`` ``(R, B, L)`` -> positions ``(R, B)`` in cell units."""
+    if window < 1:
+        raise ValueError(f"the read-out window must be >= 1 cell, got {window}")
+    cells = torch.arange(p.shape[-1], device=p.device)
+    near = (cells - p.argmax(dim=-1, keepdim=True)).abs() <= window
+    q = p * near
+    return (q * axis_cell_centres(p.shape[-1], p)).sum(dim=-1) / q.sum(dim=-1)
+
+
 def border_heatmap_target(positions: Tensor, length: int, sigma: float) -> Tensor:
     """Target of the border loss: a Gaussian at each true border, unit mass,
     normalised in log space (finite for a border far outside the crop).
@@ -164,6 +179,9 @@ class BorderVoting(nn.Module):
         crop_context: ``(context_w, context_h)``, the crop's enlargement of the
             input box (:func:`~voting_det.modeling.grid.enlarge_boxes`).
         log_temperature_init, log_temperature_range: of the border soft-argmax.
+        readout_window: at inference, read each border with
+            :func:`local_positions` within this many cells of its peak
+            (0: the soft-argmax over the whole axis, as in training).
     """
 
     def __init__(
@@ -175,8 +193,12 @@ class BorderVoting(nn.Module):
         log_temperature_init: float = 0.0,
         log_temperature_range: Tuple[float, float] = DEFAULT_LOG_TEMPERATURE_RANGE,
         eps: float = DEFAULT_EPS,
+        readout_window: int = 0,
     ):
         super().__init__()
+        if readout_window < 0:
+            raise ValueError(f"the border read-out window must be >= 0 cells (0 = the soft-argmax), got {readout_window}")
+        self.readout_window = int(readout_window)
         unknown = [a for a in axes if a not in BORDER_AXES]
         if unknown or len(set(axes)) != len(axes):
             raise ValueError(f"border axes must be distinct names of {sorted(BORDER_AXES)}, got {list(axes)}")
@@ -216,13 +238,16 @@ class BorderVoting(nn.Module):
         Returns:
             per axis a dict with ``profiles`` ``(R, K, L)``, ``heatmaps``
             ``Psi`` and ``probabilities`` ``(R, 2, L)``, ``positions`` ``(R, 2)``
-            (cell units, low border first).
+            (cell units, low border first; at inference with a read-out
+            window, :func:`local_positions` of the probabilities).
         """
         out = {}
         for axis in self.axes:
             r = profiles(Rs, axis)
             Psi = border_vote(r, border_operator(self.templates(axis)))
             p, positions = soft_argmax_1d(Psi, self.log_temperature, *self.log_temperature_range, eps=self.eps)
+            if self.readout_window and not self.training:
+                positions = local_positions(p, self.readout_window)
             out[axis] = {"profiles": r, "heatmaps": Psi, "probabilities": p, "positions": positions}
         return out
 

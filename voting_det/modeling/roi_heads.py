@@ -180,6 +180,7 @@ class VotingROIHeads(ROIHeads):
                     learn_temperature=v.LEARN_TEMPERATURE,
                     fc_dims=v.FC_DIMS,
                     border_axes=tuple(v.BORDER_AXES),
+                    border_readout_window=v.BORDER_READOUT_WINDOW,
                 )
             )
         context_head = None

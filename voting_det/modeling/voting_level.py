@@ -164,6 +164,7 @@ class VotingLevel(nn.Module):
         learn_temperature: bool,
         fc_dims: Sequence[int],
         border_axes: Sequence[str] = (),
+        border_readout_window: int = 0,
     ):
         super().__init__()
         self.name = name
@@ -205,6 +206,7 @@ class VotingLevel(nn.Module):
                 self.crop_context,
                 log_temperature_init=log_temperature_init,
                 log_temperature_range=log_temperature_range,
+                readout_window=border_readout_window,
             )
             self.borders.log_temperature.requires_grad_(learn_temperature)
 
