@@ -234,18 +234,38 @@ class Run:
     def final_weights(self) -> str:
         return os.path.join(self.train_dirs()[-1], "model_final.pth")
 
-    def frozen_configs(self) -> str:
-        """The dump of the run's merged config(s), as training will use them."""
+    def stage_cfgs(self) -> list:
+        """The run's merged config of each stage, as training will use them."""
         from voting_det.config import setup_cfg
         from voting_det.engine.two_stage import stage_configs
 
         root = repo_root()
         if self.method.two_stage:
-            s1, s2 = stage_configs(os.path.join(root, self.method.stage1_config), os.path.join(root, self.method.config),
-                                   self.folder, self.opts())
-            return "# stage 1\n" + s1.dump() + "# stage 2\n" + s2.dump()
-        cfg = setup_cfg(os.path.join(root, self.method.config), self._own_opts() + ["OUTPUT_DIR", self.train_dirs()[0]])
-        return cfg.dump()
+            return list(stage_configs(os.path.join(root, self.method.stage1_config),
+                                      os.path.join(root, self.method.config), self.folder, self.opts()))
+        return [setup_cfg(os.path.join(root, self.method.config), self._own_opts() + ["OUTPUT_DIR", self.train_dirs()[0]])]
+
+    def frozen_configs(self) -> str:
+        """The dump of the run's merged config(s), as training will use them."""
+        cfgs = self.stage_cfgs()
+        if self.method.two_stage:
+            return "# stage 1\n" + cfgs[0].dump() + "# stage 2\n" + cfgs[1].dump()
+        return cfgs[0].dump()
+
+    def inference_opts(self) -> List[str]:
+        """The inference-only settings (``INFERENCE_ONLY_KEYS``) of the method's
+        current config, as overrides: the evaluation reads the trained stage's
+        saved config, and these keys may have changed since it trained (a
+        trained run is evaluated with the settings its method has now)."""
+        from voting_det.engine.run_folder import INFERENCE_ONLY_KEYS
+
+        cfg, out = self.stage_cfgs()[-1], []
+        for key in INFERENCE_ONLY_KEYS:
+            node = cfg
+            for part in key.split("."):
+                node = node[part]
+            out += [key, str(node)]
+        return out
 
     def commands(self, splits: Sequence[str] = ("val", "test")) -> List[List[str]]:
         """Train, then evaluate on ``splits`` of the fold."""
@@ -263,7 +283,7 @@ class Run:
                      self.train_dirs()[0]]
             eval_config = os.path.join(self.train_dirs()[0], "config.yaml")
         evaluate = [py, os.path.join(root, "tools/train_net.py"), *data, "--config-file", eval_config, "--eval-only",
-                    "MODEL.WEIGHTS", self.final_weights(),
+                    *self.inference_opts(), "MODEL.WEIGHTS", self.final_weights(),
                     "DATASETS.TEST", "(" + "".join(f"'{self.split(s)}', " for s in splits) + ")",
                     "OUTPUT_DIR", os.path.join(self.folder, "eval")]
         return [train, evaluate]
@@ -370,6 +390,10 @@ def _check_or_record_config(run: Run) -> str:
         # each stage's dump on its own, key by key
         for old_part, new_part in zip(saved.split("# stage 2\n"), text.split("# stage 2\n")):
             refuse_different_config(old_part, new_part, path, "Move that folder away (or use another --root) to start this one")
+        if saved != text:  # the same training; the record shows the settings it is evaluated with now
+            with open(path + ".tmp", "w") as f:
+                f.write(text)
+            os.replace(path + ".tmp", path)
     else:
         os.makedirs(run.folder, exist_ok=True)
         with open(path + ".tmp", "w") as f:

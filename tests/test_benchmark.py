@@ -70,7 +70,18 @@ def test_runner_trains_evaluates_resumes_and_tabulates(datasets_root, tmp_path, 
     os.remove(run.done_file)
     with pytest.raises(ValueError, match="holds a run with another config"):
         run_one(other)
+    # an inference-only setting changed since training: the same run, evaluated with the new value,
+    # and the record shows it (training is not redone: run_one skips a trained run's training)
+    readout = plan_runs(["ls"], [0], "smoke", str(tmp_path / "runs"),
+                        extra_opts=TINY + ["MODEL.VOTING.BORDER_READOUT_WINDOW", "2"])[0]
+    evaluate = readout.commands()[1]
+    at = evaluate.index("MODEL.VOTING.BORDER_READOUT_WINDOW")
+    assert evaluate[at + 1] == "2" and evaluate.index("--eval-only") < at
+    assert run.commands()[1][run.commands()[1].index("MODEL.VOTING.BORDER_READOUT_WINDOW") + 1] == "0"
+    benchmark._check_or_record_config(readout)
+    assert "BORDER_READOUT_WINDOW: 2" in open(os.path.join(run.folder, "run_config.yaml")).read()
     run_one(run, log=lambda *_: None)
+    assert "BORDER_READOUT_WINDOW: 0" in open(os.path.join(run.folder, "run_config.yaml")).read()
 
     out = tmp_path / "tables"
     # the caliper split, with flags planted on the test images (the detector is tested in test_calipers)

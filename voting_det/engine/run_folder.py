@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 
 import yaml
 
-__all__ = ["config_differences", "final_weights_written", "holds_a_run", "refuse_different_config", "refuse_other_run"]
+__all__ = ["INFERENCE_ONLY_KEYS", "NOT_OF_THE_RUN", "config_differences", "final_weights_written", "holds_a_run", "refuse_different_config", "refuse_other_run"]
 
 
 def _flatten(d, prefix="") -> Dict[str, object]:
@@ -24,10 +24,13 @@ def _flatten(d, prefix="") -> Dict[str, object]:
     return out
 
 
+# Settings read at inference only, which a trained model can be evaluated
+# with either way: the border read-out window and a pinned fusion weight.
+INFERENCE_ONLY_KEYS = ("MODEL.VOTING.BORDER_READOUT_WINDOW", "MODEL.CONTEXT.TEST_MU")
 # Keys that do not change what a training run computes: where it writes, how
-# weights files are read, and what inference attaches to its detections
-# (explanations, thickness measurements).
-NOT_OF_THE_RUN = ("OUTPUT_DIR", "MODEL.CHECKPOINT.", "MODEL.EXPLAIN.", "MODEL.MEASURE.")
+# weights files are read, what inference attaches to its detections
+# (explanations, thickness measurements), and the inference-only settings.
+NOT_OF_THE_RUN = ("OUTPUT_DIR", "MODEL.CHECKPOINT.", "MODEL.EXPLAIN.", "MODEL.MEASURE.") + INFERENCE_ONLY_KEYS
 
 
 def config_differences(saved_text: str, current_text: str, ignore=NOT_OF_THE_RUN) -> List[str]:
