@@ -401,6 +401,44 @@ def test_panel_and_line_of_a_border_voting_model(tiny_nt_set, test_image, tmp_pa
     _not_blank(tmp_path / "panel.png")
 
 
+def test_deletion_test_of_a_border_voting_model_ranks_and_measures_the_borders(tiny_nt_set, test_image, tmp_path):
+    """With border votes (read at their peaks), the deletion test adds the
+    ranking by the votes at the borders and the borders' move: the ranking is
+    the order of the summed border contributions (numpy's), deleting all K
+    primitives moves the borders the same whatever the ranking, and the report
+    and figure carry the extra metric."""
+    from voting_det.interpretation.deletion import BORDER_RANKING, ranking_order, summarise
+    from voting_det.interpretation.faithfulness import run_faithfulness
+    from voting_det.interpretation.faithfulness_report import format_summary, plot_faithfulness
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(**{"MODEL.VOTING.BORDER_AXES": ["y", "x"], "MODEL.CONTEXT.SHARE_BACKBONE": True,
+                      "MODEL.CONTEXT.FUSE_BOXES": False, "MODEL.VOTING.BORDER_READOUT_WINDOW": 1})
+    explainer = Explainer(cfg, top_primitives=K)
+    explanation = explainer(load_image(test_image["file_name"]))
+    inst = explanation.instances
+    for level in explainer.levels:
+        votes = inst.get(f"trace_{level}_border_contributions")[0].numpy()  # (4 borders, K)
+        want = np.argsort(-np.nan_to_num(votes).sum(axis=0), kind="stable")
+        got = ranking_order(inst, level, BORDER_RANKING)
+        totals = np.nan_to_num(votes).sum(axis=0)
+        np.testing.assert_allclose(totals[got], totals[want])  # the same order up to exact ties
+    result = deletion_test(explainer, explanation, num_random=2, rng=np.random.default_rng(0))
+    assert BORDER_RANKING in result["curves"]
+    moves = {name: c["border_shift_px"] for name, c in result["curves"].items()}
+    assert all(len(v) == len(result["sizes"]) and np.isfinite(v).all() for v in moves.values())
+    last = [v[-1] for v in moves.values()]
+    assert max(last) - min(last) < 1e-6 and last[0] > 0  # all K deleted: the borders moved, the same for all
+    assert "border_shift_px" in summarise([result])["area_vs_random"][BORDER_RANKING]
+    # the whole measurement, its report and its figure
+    whole = run_faithfulness(explainer, [test_image], num_images=1, num_random=2, progress=False)
+    assert "border_shift_px" in whole["metrics"]
+    report = format_summary(whole)
+    assert "border_shift_px" in report and f"| {BORDER_RANKING} |" in report
+    plot_faithfulness(whole, str(tmp_path / "faithfulness.png"))
+    _not_blank(tmp_path / "faithfulness.png")
+
+
 @pytest.mark.slow
 def test_atlas_tool_writes_linked_pages(tiny_model, tiny_nt_set, tmp_path):
     config, weights = tiny_model

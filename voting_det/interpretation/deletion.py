@@ -11,7 +11,11 @@ once) are deleted *in the forward pass* (their response maps are zeroed before
 they vote, :func:`voting_det.modeling.voting.mask_primitives`), the local
 branch is run again on the same proposal, and we measure how far the local box
 x_L and the fused box move (1 - IoU with the undeleted box, and the centre
-shift in pixels) and how much the score of the detected class drops. The same
+shift in pixels) and how much the score of the detected class drops. A model
+with border votes (docs/method.md section 2b) adds a ranking by each
+primitive's votes at the final level's borders (``border_trace``:
+``border_contributions`` summed over the borders) and a metric, how far the
+final level's voted borders move (mean over the voting borders, image px). The same
 is done for m random primitives (several draws) and for the m lowest-ranked by
 alpha (a control that should do nothing). A faithful ranking moves the
 prediction more than random deletions do: its summary number is the area
@@ -37,8 +41,8 @@ from ..modeling.trace_back import trace_back
 from ..modeling.voting_level import RANKING_KEYS, rank_primitives
 from .trace import Explainer, Explanation
 
-__all__ = ["CONTRASTIVE", "CONTROL", "HEADLINE_METRIC", "METRICS", "RANDOM", "RANKINGS", "LocalIntervention",
-           "available_rankings", "deletion_sizes", "deletion_test", "ranking_order", "summarise"]
+__all__ = ["BORDER_METRICS", "BORDER_RANKING", "CONTRASTIVE", "CONTROL", "HEADLINE_METRIC", "METRICS", "RANDOM", "RANKINGS", "LocalIntervention",
+           "available_rankings", "deletion_sizes", "deletion_test", "measured_metrics", "ranking_order", "summarise"]
 
 # Rankings compared with random deletions, and the control (the m lowest by alpha).
 # CONTRASTIVE joins them when the traces carry it (a model with a contrastive reference).
@@ -54,6 +58,9 @@ METRICS = {
     "score_drop": "fused score of the detected class: before - after",
     "local_score_drop": "local score s_L of the detected class: before - after",
 }
+# With border votes: the ranking by the votes at the borders, and the borders' move.
+BORDER_RANKING = "border"
+BORDER_METRICS = {"border_shift_px": "final level's voted borders: mean move (image px)"}
 # The metric that decides "most faithful" (the primitives act on the local branch).
 HEADLINE_METRIC = "local_box_shift"
 DEFAULT_RANDOM_DRAWS = 5
@@ -81,17 +88,25 @@ def _trace(instances: Instances, level: str, name: str, detection: int = 0) -> t
 def ranking_order(instances: Instances, level: str, ranking: str, detection: int = 0,
                   descending: bool = True) -> np.ndarray:
     """The primitives of ``level`` of one detection, best first by ``ranking``
-    (a key of ``RANKING_KEYS``), ties broken by its next keys exactly as
-    :meth:`~voting_det.modeling.voting_level.VotingLevel.trace` breaks them;
+    (a key of ``RANKING_KEYS``, or :data:`BORDER_RANKING`: the sum of the
+    primitive's votes at the level's voted borders), ties broken by its next
+    keys exactly as :meth:`~voting_det.modeling.voting_level.VotingLevel.trace`
+    breaks them (the border ranking's ties as the contribution ranking's);
     ``descending=False``: worst first."""
-    keys = [_trace(instances, level, key, detection) for key in RANKING_KEYS[ranking]]
+    if ranking == BORDER_RANKING:
+        votes = _trace(instances, level, "border_contributions", detection).nan_to_num(0.0).sum(dim=0)
+        keys = [votes] + [_trace(instances, level, key, detection) for key in RANKING_KEYS["contribution"]]
+    else:
+        keys = [_trace(instances, level, key, detection) for key in RANKING_KEYS[ranking]]
     return rank_primitives(keys, descending=descending).numpy()
 
 
 def available_rankings(instances: Instances, level: str) -> tuple:
-    """:data:`RANKINGS`, plus :data:`CONTRASTIVE` when the traces carry it."""
+    """:data:`RANKINGS`, plus :data:`CONTRASTIVE` when the traces carry it and
+    :data:`BORDER_RANKING` when the level votes for borders."""
     has = instances.has(f"{TRACE_PREFIX}{level}_{CONTRASTIVE}")
-    return RANKINGS + ((CONTRASTIVE,) if has else ())
+    borders = instances.has(f"{TRACE_PREFIX}{level}_border_contributions")
+    return RANKINGS + ((CONTRASTIVE,) if has else ()) + ((BORDER_RANKING,) if borders else ())
 
 
 class LocalIntervention:
@@ -139,8 +154,10 @@ class LocalIntervention:
         """One row per mask row (``masks``: level -> ``(B, K)``, 1 kept, 0 deleted;
         an empty dict runs once with all primitives). Returns ``local_boxes``
         (B, 4) in image pixels, ``local_probs`` (B, C+1), the fused ``boxes`` and
-        ``probs`` (= local without a context branch) and ``levels``, each
-        level's :class:`~voting_det.modeling.voting_level.LevelOutput`."""
+        ``probs`` (= local without a context branch), ``levels``, each
+        level's :class:`~voting_det.modeling.voting_level.LevelOutput`, and,
+        with border votes, ``border_positions`` (B, 4) of the final level in
+        image pixels (NaN on an axis that does not vote)."""
         rows = max([len(m) for m in masks.values()] + [1])
         device = self.proposal.device
         proposals = Instances(self.input_size, proposal_boxes=Boxes(self.proposal.expand(rows, 4).clone()))
@@ -150,6 +167,8 @@ class LocalIntervention:
         local_boxes = last.pred_boxes.cpu() * self.scale
         local_logits = last.logits.cpu()
         result = {"local_boxes": local_boxes, "local_probs": torch.softmax(local_logits, dim=1), "levels": levels}
+        if last.border_positions is not None:
+            result["border_positions"] = last.border_positions.cpu() * self.scale
         if self.mu is None:
             result.update(boxes=local_boxes, probs=result["local_probs"])
         else:
@@ -168,13 +187,18 @@ def _measure(result: Dict, baseline: Dict, cls: int) -> Dict[str, np.ndarray]:
     base_local = baseline["local_boxes"].expand(rows, 4)
     base_fused = baseline["boxes"].expand(rows, 4)
     centre = lambda b: (b[:, :2] + b[:, 2:]) / 2  # noqa: E731
-    return {
+    out = {
         "local_box_shift": (1 - matched_pairwise_iou(Boxes(result["local_boxes"]), Boxes(base_local))).numpy(),
         "local_centre_shift_px": (centre(result["local_boxes"]) - centre(base_local)).norm(dim=1).numpy(),
         "fused_box_shift": (1 - matched_pairwise_iou(Boxes(result["boxes"]), Boxes(base_fused))).numpy(),
         "score_drop": (baseline["probs"][cls] - result["probs"][:, cls]).numpy(),
         "local_score_drop": (baseline["local_probs"][cls] - result["local_probs"][:, cls]).numpy(),
     }
+    if "border_positions" in result:
+        moved = (result["border_positions"] - baseline["border_positions"]).abs()
+        voting = ~baseline["border_positions"].isnan()
+        out["border_shift_px"] = moved[:, voting].mean(dim=1).numpy()
+    return out
 
 
 def _rankings(
@@ -237,15 +261,23 @@ def deletion_test(
         name: {metric: values[i * len(sizes):(i + 1) * len(sizes)].tolist() for metric, values in measured.items()}
         for i, name in enumerate(names)
     }
-    draws = {metric: [per_ranking[f"{RANDOM}{d}"][metric] for d in range(num_random)] for metric in METRICS}
+    draws = {metric: [per_ranking[f"{RANDOM}{d}"][metric] for d in range(num_random)] for metric in measured}
     curves = {name: per_ranking[name] for name in names if not name.startswith(RANDOM)}
     if num_random:
-        curves[RANDOM] = {metric: np.mean(draws[metric], axis=0).tolist() for metric in METRICS}
+        curves[RANDOM] = {metric: np.mean(draws[metric], axis=0).tolist() for metric in measured}
     ties = {}
     for lvl in ks:
         alpha = _trace(explanation.instances, lvl, "alpha", detection)
         ties[lvl] = int((alpha == alpha.max()).sum())
     return {"sizes": sizes, "curves": curves, "random_draws": draws, "mu": intervention.mu, "alpha_ties": ties}
+
+
+def measured_metrics(result: Dict) -> Dict[str, str]:
+    """The metrics a :func:`deletion_test` result holds, with their
+    descriptions: :data:`METRICS`, and :data:`BORDER_METRICS` for a model
+    with border votes."""
+    present = next(iter(result["curves"].values()))
+    return {m: d for m, d in {**METRICS, **BORDER_METRICS}.items() if m in present}
 
 
 def _area(curve: Sequence[float], reference: Sequence[float], sizes: Sequence[int]) -> float:
@@ -273,9 +305,10 @@ def summarise(per_image: List[Dict], seed: int = 0) -> Dict:
     alpha_tau ranking) with the largest mean area."""
     sizes = per_image[0]["sizes"]
     names = list(per_image[0]["curves"])
+    metrics = measured_metrics(per_image[0])
     curves = {
         name: {metric: np.mean([img["curves"][name][metric] for img in per_image], axis=0).tolist()
-               for metric in METRICS}
+               for metric in metrics}
         for name in names
     }
     areas = {}
@@ -283,13 +316,13 @@ def summarise(per_image: List[Dict], seed: int = 0) -> Dict:
         if name == RANDOM:
             continue
         areas[name] = {}
-        for metric in METRICS:
+        for metric in metrics:
             values = np.array([_area(img["curves"][name][metric], img["curves"][RANDOM][metric], sizes)
                                for img in per_image])
             low, high = _bootstrap_interval(values, seed)
             areas[name][metric] = {"mean": float(values.mean()), "ci95": [low, high]}
     candidates = [n for n in names if n not in (RANDOM, CONTROL)]
-    most = {metric: max(candidates, key=lambda n: areas[n][metric]["mean"]) for metric in METRICS}
+    most = {metric: max(candidates, key=lambda n: areas[n][metric]["mean"]) for metric in metrics}
     mus = [img["mu"] for img in per_image if img["mu"] is not None]
     return {"sizes": sizes, "num_images": len(per_image), "curves": curves, "area_vs_random": areas,
             "most_faithful": most, "mu": float(np.mean(mus)) if mus else None}

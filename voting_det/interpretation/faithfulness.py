@@ -27,6 +27,7 @@ from .deletion import (
     LocalIntervention,
     deletion_sizes,
     deletion_test,
+    measured_metrics,
     summarise,
 )
 from .faithfulness_report import format_summary, plot_faithfulness
@@ -134,7 +135,7 @@ def run_faithfulness(
         "model": {"levels": explainer.levels, "num_primitives": ks, "mu": mu,
                   "trace_tau": explainer.model.roi_heads.explain_options["tau"],
                   "trace_normalize": explainer.model.roi_heads.explain_options["normalize"]},
-        "metrics": METRICS,
+        "metrics": measured_metrics(per_image[0]),
         "images": used,
         "skipped": skipped,
         "per_image": per_image,

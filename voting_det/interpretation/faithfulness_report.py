@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .deletion import CONTROL, HEADLINE_METRIC, METRICS, RANDOM, RANKINGS
+from .deletion import BORDER_RANKING, CONTROL, HEADLINE_METRIC, RANDOM, RANKINGS
 
 __all__ = ["format_summary", "plot_faithfulness"]
 
@@ -17,6 +17,7 @@ def format_summary(result: Dict) -> str:
     """The headline numbers as Markdown: one row per ranking, its area vs random
     (95% interval) for each metric; mu; the most faithful ranking; stability."""
     deletion = result["deletion"]
+    metrics = result["metrics"]
     lines = [f"Deletion test on {deletion['num_images']} images, m = {deletion['sizes']}, "
              f"{result['settings']['random_draws']} random draws; mu = "
              + ("none (no context branch)" if deletion["mu"] is None else f"{deletion['mu']:.3f}"),
@@ -24,12 +25,12 @@ def format_summary(result: Dict) -> str:
              "Area between each ranking's curve and the random curve (mean over log2 m; > 0 = deleting its top "
              "primitives moves the prediction more than deleting random ones), mean over images [95% bootstrap "
              "interval]:", "",
-             "| ranking | " + " | ".join(METRICS) + " |",
-             "|---|" + "---|" * len(METRICS)]
+             "| ranking | " + " | ".join(metrics) + " |",
+             "|---|" + "---|" * len(metrics)]
     for name, areas in deletion["area_vs_random"].items():
         cells = [f"{a['mean']:+.3f} " + (f"[{a['ci95'][0]:+.3f}, {a['ci95'][1]:+.3f}]" if a["ci95"][0] is not None
                                         else "[no interval: 1 image]")
-                 for a in (areas[m] for m in METRICS)]
+                 for a in (areas[m] for m in metrics)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"Most faithful ranking ({HEADLINE_METRIC}): **{deletion['most_faithful'][HEADLINE_METRIC]}**"
               + "; by metric: " + ", ".join(f"{m}: {r}" for m, r in deletion["most_faithful"].items())]
@@ -47,13 +48,16 @@ def plot_faithfulness(result: Dict, path: str, title: Optional[str] = None) -> F
     """Deletion curves (one panel per metric, x = m on a log2 axis; random with
     the spread of its draws) and the stability overlaps, as one PNG."""
     deletion = result["deletion"]
+    metrics = result["metrics"]
     sizes = deletion["sizes"]
     curves = deletion["curves"]
-    fig = Figure(figsize=(15, 9.2), dpi=100, layout="constrained")
+    columns = (len(metrics) + 2) // 2  # the metrics' panels and the stability panel, two rows
+    fig = Figure(figsize=(5 * columns, 9.2), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 3).ravel()
+    axes = fig.subplots(2, columns).ravel()
     styles = {"alpha": ("tab:blue", "-", "o"), "contribution": ("tab:red", "-", "s"),
               "response_mass": ("tab:green", "-", "^"), "contrastive": ("tab:purple", "-", "D"),
+              BORDER_RANKING: ("tab:orange", "-", "P"),
               CONTROL: ("grey", "--", "v"), RANDOM: ("black", ":", None)}
     extra_colours = iter(["tab:brown", "tab:olive", "tab:cyan"])
     for name in curves:
@@ -62,7 +66,7 @@ def plot_faithfulness(result: Dict, path: str, title: Optional[str] = None) -> F
     labels = {RANDOM: "random primitives (mean of draws; band: 10-90% of the draws' means)",
               CONTROL: "lowest by alpha (control)"}
     per_image = result["per_image"]
-    for ax, metric in zip(axes, METRICS):
+    for ax, metric in zip(axes, metrics):
         for name, values in curves.items():
             colour, ls, marker = styles[name]
             ax.plot(sizes, values[metric], color=colour, linestyle=ls, marker=marker, markersize=4,
@@ -76,11 +80,13 @@ def plot_faithfulness(result: Dict, path: str, title: Optional[str] = None) -> F
         ax.set_xticks(sizes)
         ax.set_xticklabels([str(m) for m in sizes], fontsize=8)
         ax.set_xlabel("m primitives deleted per level", fontsize=9)
-        ax.set_title(METRICS[metric], fontsize=10)
+        ax.set_title(metrics[metric], fontsize=10)
         ax.grid(alpha=0.3)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncol=3, fontsize=9, frameon=False)
-    ax = axes[len(METRICS)]
+    for unused in axes[len(metrics) + 1:]:
+        unused.set_visible(False)
+    ax = axes[len(metrics)]
     stab = result["stability"]["summary"]
     groups = [(kind, lvl) for kind, s in stab.items() for lvl in s["mean_overlap"]]
     rankings = list(RANKINGS) + sorted({n for kind, lvl in groups for n in stab[kind]["mean_overlap"][lvl]}
