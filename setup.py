@@ -28,7 +28,7 @@ setup(
         "in medical images (nuchal translucency), built on detectron2"
     ),
     license="Apache-2.0",
-    python_requires=">=3.8",
+    python_requires=">=3.10",
     # the method only: benchmarks/ (the runner, tables, speed and caliper tools
     # next to their results), tests/ and tools/ stay in the checkout
     packages=find_packages(include=("voting_det", "voting_det.*")),
@@ -45,6 +45,11 @@ setup(
         "iopath",
         "matplotlib",
         "tqdm",
+        # DICOM input (voting_det/data/dicom.py); the plugins decode JPEG, JPEG-LS and JPEG 2000
+        "pydicom>=3.0",
+        "pylibjpeg",
+        "pylibjpeg-libjpeg",
+        "pylibjpeg-openjpeg",
     ],
     extras_require={"test": ["pytest", "hypothesis", "scikit-learn"]},
 )

@@ -8,8 +8,10 @@
         MODEL.WEIGHTS output/demo/stage2_voting/model_final.pth
 
 ``--input`` reads an image or a folder (searched recursively; grey or colour,
-any size); ``--dataset`` reads a registered data set and also draws its
-ground-truth boxes. For every image, ``DIR/<name>.png`` shows the top detection's
+any size; PNG, JPEG, BMP, TIFF or DICOM: of a multi-frame DICOM file the first
+frame, or ``--frame N``; a DICOM file's pixel spacing gives the thickness in
+mm, docs/dicom.md); ``--dataset`` reads a registered data set and also draws
+its ground-truth boxes. For every image, ``DIR/<name>.png`` shows the top detection's
 voting process (boxes of every stage, context boxes, alpha_k and c_k of every
 primitive, and for the top primitives of each level Rs_k, D_k, Phi_k and Rc_k)
 and ``DIR/<name>.json`` holds the trace of the top ``--detections`` (arrays as
@@ -59,6 +61,8 @@ def build_parser():
     p.add_argument("--top", type=int, default=None,
                    help="top primitives per level shown and traced (MODEL.EXPLAIN.TOP_PRIMITIVES, default 5)")
     p.add_argument("--detections", type=int, default=DEFAULT_DETECTIONS, help="detections per image in the JSON")
+    p.add_argument("--frame", type=int, default=None, metavar="N",
+                   help="of multi-frame (cine) DICOM files, explain frame N (from 0; default the first)")
     cli.add_data_argument(p)
     return cli.add_overrides(p, overwrite="replace existing outputs of the same name")
 
@@ -70,6 +74,8 @@ def parse_args(argv=None):
         p.error(f"--top must be >= 1, got {args.top}")
     if args.detections < 1:
         p.error(f"--detections must be >= 1, got {args.detections}")
+    if args.frame is not None and args.frame < 0:
+        p.error(f"--frame must be >= 0 (frames are counted from 0), got {args.frame}")
     return args
 
 
@@ -90,7 +96,8 @@ def main(argv=None):
     explainer = Explainer(cfg)
     with logging_redirect_tqdm():
         written = explain_images(explainer, records, root, args.output, detections=args.detections,
-                                 class_names=class_names, overwrite=args.overwrite, progress=not args.no_progress)
+                                 class_names=class_names, overwrite=args.overwrite, progress=not args.no_progress,
+                                 frame=args.frame)
     panels = [png for png, _ in written if png]
     skipped = len(records) - len(written)
     print(f"{len(written)} image(s) explained: {len(panels)} panel(s) and {len(written)} JSON trace(s) "

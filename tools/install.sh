@@ -45,11 +45,14 @@ else
   "${PIP[@]}" "${TORCH[@]}" || fail "install ${TORCH[*]}"
 fi
 
-# 3. runtime and test dependencies (detectron2's own among them)
+# 3. runtime and test dependencies (detectron2's own among them; pydicom and the
+#    pylibjpeg plugins read DICOM, JPEG and JPEG 2000 compressed ones included:
+#    with numpy<2 pip picks their numpy-1 wheels)
 say "step 3/6: installing runtime and test dependencies"
 "${PIP[@]}" "numpy<2" "omegaconf>=2.1,<2.4" "setuptools<81" "opencv-python-headless<4.12" \
   fvcore iopath pycocotools yacs termcolor tabulate cloudpickle tensorboard hydra-core \
   matplotlib pillow openpyxl scipy scikit-learn tqdm pytest pytest-xdist hypothesis \
+  "pydicom>=3.0" pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg \
   || fail "install runtime and test dependencies"
 
 # 4. detectron2 (keep an importable official one, else the registry repackaging)

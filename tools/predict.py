@@ -2,15 +2,21 @@
 """Run a trained detector over an image or a folder and write a prediction table.
 
     .venv/bin/python tools/predict.py --config-file CFG.yaml --input IMAGE_OR_FOLDER \\
-        --output predictions.csv [--score-thresh 0.05] [KEY VALUE ...]
+        --output predictions.csv [--score-thresh 0.05] [--pixel-spacing MM] [--frame N] [KEY VALUE ...]
 
 e.g. ``... --output out.csv MODEL.WEIGHTS output/model_final.pth`` (options
 before the ``KEY VALUE`` overrides). Folders are searched recursively for
-.png/.jpg/.jpeg/.bmp/.tif/.tiff images, in natural order. The table has one row
-per detection (``file``, ``image_height``, ``image_width``, ``rank``, ``score``,
-``class``, ``x0 y0 x1 y1``, the NT thickness in pixels and, with
-``--pixel-spacing MM``, in mm with the 3.5 mm flag, the two caliper points,
-``error``): see ``voting_det/inference.py``.
+.png/.jpg/.jpeg/.bmp/.tif/.tiff images and .dcm/.dicom DICOM files, in natural
+order (a DICOM file without such an ending is read when given as --input).
+The table has one row per detection (``file``, ``image_height``,
+``image_width``, ``rank``, ``score``, ``class``, ``x0 y0 x1 y1``, the NT
+thickness in pixels and, where the pixel spacing is known, in mm with the
+3.5 mm flag, the two caliper points, ``frame``, ``error``): see
+``voting_det/inference.py``. The spacing of a DICOM file comes from the file
+(its ultrasound regions, else PixelSpacing: docs/dicom.md); ``--pixel-spacing``
+replaces it for every image. A multi-frame (cine) DICOM file gives rows for
+every frame (``frame`` = 0, 1, ...) or, with ``--frame N``, for frame N only.
+No patient identifier of a DICOM file is written: ``file`` is its path.
 ``.csv`` writes CSV; ``.json`` / ``.jsonl`` write JSON Lines (one object per
 line). Run it again to resume: images already in the table are skipped; a file
 that is not such a table is never overwritten.
@@ -54,7 +60,11 @@ def build_parser():
     p.add_argument("--output", required=True, help="the table: .csv, or .json/.jsonl (JSON Lines)")
     p.add_argument("--pixel-spacing", type=float, default=None, metavar="MM",
                    help="pixel spacing of the images in mm per pixel: the NT thickness is also given in mm "
-                        "(MODEL.MEASURE.PIXEL_SPACING)")
+                        "(MODEL.MEASURE.PIXEL_SPACING). Given, it wins over the spacing a DICOM file holds "
+                        "(used otherwise)")
+    p.add_argument("--frame", type=int, default=None, metavar="N",
+                   help="of multi-frame (cine) DICOM files, only frame N (counted from 0); default: every frame, "
+                        "one set of rows per frame (column frame). Single images are not affected")
     p.add_argument("--score-thresh", type=float, default=None,
                    help="keep detections scoring at least this (default: the config's test threshold)")
     return cli.add_overrides(p)
@@ -66,6 +76,8 @@ def main(argv=None):
     thresholds = [] if args.score_thresh is None else [v for key in SCORE_THRESH_KEYS for v in (key, args.score_thresh)]
     if args.pixel_spacing is not None and not args.pixel_spacing > 0:
         raise cli.UserError(f"--pixel-spacing {args.pixel_spacing}: must be > 0 (mm per pixel, e.g. 0.1)")
+    if args.frame is not None and args.frame < 0:
+        raise cli.UserError(f"--frame {args.frame}: must be >= 0 (frames are counted from 0)")
     spacing = [] if args.pixel_spacing is None else ["MODEL.MEASURE.PIXEL_SPACING", args.pixel_spacing]
     cfg = cli.load_config(args.config_file, list(args.opts) + thresholds + spacing)
     cli.input_images(args.input)
@@ -89,6 +101,9 @@ def main(argv=None):
             # also filters here, for heads whose threshold is none of SCORE_THRESH_KEYS
             score_thresh=0.0 if args.score_thresh is None else args.score_thresh,
             progress=not args.no_progress,
+            frame=args.frame,
+            # --pixel-spacing wins over a DICOM file's own spacing
+            file_spacing=args.pixel_spacing is None,
         )
     print(
         f"{summary['images']} image(s) in {args.input}: {summary['processed']} processed, "

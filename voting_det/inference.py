@@ -24,8 +24,17 @@ detection to a table, ``tools/predict.py``'s output:
 ``caliper_upper_y``
 ``caliper_lower_x``
 ``caliper_lower_y``
+``frame``             the frame of a multi-frame (cine) DICOM file, from 0
+                      (one set of rows per frame); empty for a single image
 ``error``             why the image could not be processed (other fields empty)
 ====================  =========================================================
+
+DICOM files (.dcm / .dicom, :mod:`voting_det.data.dicom`) are read like the
+other images; their pixel spacing (the ultrasound regions' PhysicalDeltaY, or
+PixelSpacing) is passed to a predictor that takes ``pixel_spacing`` (voting_det's
+:func:`~voting_det.engine.build_predictor`), so ``thickness_mm`` is filled where
+the file knows it, unless ``file_spacing=False`` (``--pixel-spacing`` given).
+Nothing of the patient (name, ID, dates) enters the table: ``file`` is the path.
 
 Two formats, chosen by the output's suffix: ``.csv`` (a header line, then rows)
 and ``.json`` / ``.jsonl``, both written as JSON Lines (one JSON object per line,
@@ -40,6 +49,7 @@ run is dropped first. A table belongs to one input folder, as ``file`` is
 relative to it.
 """
 import csv
+import inspect
 import io
 import json
 import logging
@@ -47,13 +57,13 @@ import math
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Instances
 from tqdm import tqdm
 
-from .data.image_io import ImageReadError, read_scan
+from .data.dicom import is_dicom
+from .data.image_io import ImageReadError, iter_scan_frames, scan_frames
 from .utils import IMAGE_EXTENSIONS, natural_key
 
 __all__ = [
@@ -76,9 +86,9 @@ logger = logging.getLogger(__name__)
 # Columns of a prediction table, in order.
 CALIPER_FIELDS = ("caliper_upper_x", "caliper_upper_y", "caliper_lower_x", "caliper_lower_y")
 PREDICTION_FIELDS = ("file", "image_height", "image_width", "rank", "score", "class", "x0", "y0", "x1", "y1",
-                     "thickness_px", "thickness_mm", "above_cutoff") + CALIPER_FIELDS + ("error",)
+                     "thickness_px", "thickness_mm", "above_cutoff") + CALIPER_FIELDS + ("frame", "error")
 BOX_FIELDS = ("x0", "y0", "x1", "y1")
-_INT_FIELDS = ("image_height", "image_width", "rank", "above_cutoff")
+_INT_FIELDS = ("image_height", "image_width", "rank", "above_cutoff", "frame")
 _FLOAT_FIELDS = ("score", "thickness_px", "thickness_mm") + BOX_FIELDS + CALIPER_FIELDS
 # Decimals of a thickness in mm in the table.
 MM_DECIMALS = 3
@@ -133,9 +143,10 @@ def _empty_row(file: str) -> Row:
     return row
 
 
-def error_row(file: str, message: str) -> Row:
-    """The row recording that ``file`` could not be processed."""
+def error_row(file: str, message: str, frame: Optional[int] = None) -> Row:
+    """The row recording that ``file`` (its ``frame``, if given) could not be processed."""
     row = _empty_row(file)
+    row["frame"] = frame
     row["error"] = " ".join(message.split())  # one line
     return row
 
@@ -147,8 +158,10 @@ def detection_rows(
     instances: Instances,
     class_names: Optional[Sequence[str]] = None,
     score_thresh: float = 0.0,
+    frame: Optional[int] = None,
 ) -> List[Row]:
-    """One row per detection with score >= ``score_thresh``, ranked by score.
+    """One row per detection with score >= ``score_thresh``, ranked by score
+    (``frame``: of a multi-frame file, which one).
 
     ``instances`` holds ``pred_boxes``, ``scores`` and ``pred_classes`` in image
     pixels (a detectron2 predictor's output). Without detection the image gets
@@ -164,7 +177,7 @@ def detection_rows(
         calipers = instances.pred_calipers.detach().cpu()[order].reshape(-1, 4).tolist()
         px = instances.pred_nt_thickness_px.detach().cpu()[order].tolist()
         mm = instances.pred_nt_thickness_mm.detach().cpu()[order].tolist()
-    base = {"image_height": int(height), "image_width": int(width)}
+    base = {"image_height": int(height), "image_width": int(width), "frame": frame}
     if not boxes:
         return [{**_empty_row(file), **base, "rank": NO_DETECTION_RANK}]
     rows = []
@@ -284,7 +297,8 @@ class PredictionWriter:
     On opening, an existing table is validated (a foreign file raises
     :class:`NotAPredictionFileError` and is left untouched), an incomplete last
     line is cut off, and :attr:`done` holds the files it already has,
-    :attr:`failed` those of them recorded as errors.
+    :attr:`failed` those of them recorded as errors, :attr:`done_frames` the
+    ``(file, frame)`` pairs it has (frame None for a single image).
     """
 
     def __init__(self, path: str):
@@ -293,6 +307,7 @@ class PredictionWriter:
         text, complete, rows = _existing_table(path, self._json_lines)
         self.done = {row["file"] for row in rows}
         self.failed = {row["file"] for row in rows if row["error"]}
+        self.done_frames = {(row["file"], row["frame"]) for row in rows}
         if len(complete) < len(text):
             logger.warning("%s: dropped an incomplete last line (an interrupted run)", path)
             with open(path, "r+b") as f:
@@ -314,6 +329,7 @@ class PredictionWriter:
             self._append(_csv_text([["" if row[f] is None else row[f] for f in PREDICTION_FIELDS] for row in rows]))
         self.done.update(row["file"] for row in rows)
         self.failed.update(row["file"] for row in rows if row["error"])
+        self.done_frames.update((row["file"], row["frame"]) for row in rows)
 
     def close(self) -> None:
         self._file.close()
@@ -325,42 +341,78 @@ class PredictionWriter:
         self.close()
 
 
+def _takes_pixel_spacing(predictor: Callable) -> bool:
+    """Whether ``predictor(image, pixel_spacing=...)`` is accepted."""
+    try:
+        parameters = inspect.signature(predictor).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "pixel_spacing" or p.kind == p.VAR_KEYWORD for p in parameters)
+
+
 def predict_images(
-    predictor: Callable[[np.ndarray], dict],
+    predictor: Callable[..., dict],
     input_path: str,
     output_path: str,
     *,
     class_names: Optional[Sequence[str]] = None,
     score_thresh: float = 0.0,
     progress: bool = True,
+    frame: Optional[int] = None,
+    file_spacing: bool = True,
 ) -> Dict[str, int]:
     """Run ``predictor`` on the images of ``input_path`` not yet in ``output_path``.
 
-    Images are read by :func:`voting_det.data.image_io.read_scan` as training
-    reads them (BGR, grey scans replicated to 3 channels); an unreadable one is
-    logged as a warning and recorded as an error row. Returns counts: ``images`` found, ``skipped``
-    (already in the table), ``processed``, ``errors``, ``detections``, and ``predicted``: the
-    images found that the table now holds predictions of (not error rows), this run's or an
-    earlier one's; 0 when there were images means that nothing could be processed.
+    Images are read by :func:`voting_det.data.image_io.iter_scan_frames` as
+    training reads them (BGR, grey scans replicated to 3 channels; DICOM
+    files too); an unreadable one is logged as a warning and recorded as an
+    error row. A multi-frame (cine) DICOM file gives rows for every frame, or
+    for ``frame`` only (from 0; single images are not affected). With
+    ``file_spacing`` a DICOM file's pixel spacing is passed as
+    ``predictor(image, pixel_spacing=mm)`` when the predictor takes it. Returns
+    counts of files: ``images`` found, ``skipped`` (already in the table),
+    ``processed``, ``errors``, ``detections`` (rows), and ``predicted``: the
+    images found that the table now holds predictions of (not error rows),
+    this run's or an earlier one's; 0 when there were images means that
+    nothing could be processed.
     """
     root, files = list_images(input_path)
     summary = {"images": len(files), "skipped": 0, "processed": 0, "errors": 0, "detections": 0, "predicted": 0}
+    pass_spacing = file_spacing and _takes_pixel_spacing(predictor)
     with PredictionWriter(output_path) as writer:
-        todo = [f for f in files if f not in writer.done]
+        # new files, and multi-frame files an interrupted run left with frames to do
+        todo = [f for f in files if f not in writer.done
+                or (f not in writer.failed and is_dicom(os.path.join(root, f)))]
         summary["skipped"] = len(files) - len(todo)
         for file in tqdm(todo, desc="predict", unit="image", disable=not progress):
+            path = os.path.join(root, file)
+            pending = []  # the frames of this file still to write (None: a single image)
             try:
-                image = read_scan(os.path.join(root, file))
-            except ImageReadError:
-                logger.warning("could not read %s as an image; recorded as an error row", os.path.join(root, file))
-                writer.write([error_row(file, UNREADABLE_IMAGE)])
+                count = scan_frames(path)
+                wanted = [None] if count == 1 else [frame] if frame is not None else list(range(count))
+                pending = [f for f in wanted if (file, f) not in writer.done_frames]
+                if not pending:
+                    summary["skipped"] += 1
+                    continue
+                for i, (current, image, info) in enumerate(iter_scan_frames(path, None if count == 1 else pending)):
+                    if i == 0 and info["format"] == "dicom":
+                        logger.info("%s: pixel spacing %s", path,
+                                    f"{info['pixel_spacing_mm']:g} mm ({info['spacing_source']})"
+                                    if info["pixel_spacing_mm"] else info["spacing_note"])
+                    spacing = info["pixel_spacing_mm"] if pass_spacing else None
+                    outputs = predictor(image) if spacing is None else predictor(image, pixel_spacing=spacing)
+                    rows = detection_rows(file, image.shape[0], image.shape[1], outputs["instances"], class_names,
+                                          score_thresh, frame=current)
+                    writer.write(rows)
+                    pending.pop(0)
+                    summary["detections"] += sum(row["rank"] != NO_DETECTION_RANK for row in rows)
+            except ImageReadError as error:
+                logger.warning("%s; recorded as an error row", error)
+                reason = error.reason if is_dicom(path) else UNREADABLE_IMAGE
+                writer.write([error_row(file, reason, pending[0] if pending else None)])
                 summary["errors"] += 1
                 continue
-            instances = predictor(image)["instances"]
-            rows = detection_rows(file, image.shape[0], image.shape[1], instances, class_names, score_thresh)
-            writer.write(rows)
             summary["processed"] += 1
-            summary["detections"] += sum(row["rank"] != NO_DETECTION_RANK for row in rows)
         summary["predicted"] = sum(f in writer.done and f not in writer.failed for f in files)
     logger.info("%s: %s", output_path, summary)
     return summary

@@ -8,8 +8,9 @@ from typing import Iterator, Tuple
 
 __all__ = ["IMAGE_EXTENSIONS", "natural_key", "staged_folder"]
 
-# File endings read as images by the converter and the predict tool.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# File endings read as images by the converter and the predict tool (DICOM:
+# voting_det.data.dicom; a DICOM file without these endings is read when named itself).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 
 
 def natural_key(path: str) -> Tuple:

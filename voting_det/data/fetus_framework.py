@@ -47,12 +47,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 from .. import __version__
 from ..utils import IMAGE_EXTENSIONS, natural_key, staged_folder
 from .folds import DEFAULT_PHASH_THRESHOLD, PHASH_BITS, assign_folds, carve_validation, group_near_duplicates, phash
+from .image_io import ImageReadError, read_scan
 from .spreadsheet import read_object_detection_xlsx
 
 __all__ = [
@@ -447,13 +448,20 @@ def _parse_row(sheet_row, index: Dict[str, List[str]], root: str) -> _Row:
     return _Row(sheet_row.row, fname, structure, box, candidates, problems)
 
 
+def _luma(bgr: np.ndarray) -> np.ndarray:
+    """Grey levels of a BGR uint8 image by PIL's ``convert("L")`` (ITU-R 601-2,
+    16-bit fixed point), so that the pHashes of earlier conversions (read with
+    PIL) are kept: identical on all 737 images of the development copy."""
+    b, g, r = (bgr[:, :, i].astype(np.uint32) for i in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
+
+
 def _read_image(path: str) -> _ImageFile:
-    """Size (as detectron2 reads it, EXIF orientation applied) and pHash;
-    raises one of ``_DECODE_ERRORS`` when the file does not decode."""
-    with Image.open(path) as image:
-        upright = ImageOps.exif_transpose(image)
-        grey = np.asarray(upright.convert("L"))
-        return _ImageFile(width=upright.width, height=upright.height, phash=phash(grey))
+    """Size (as training reads it: :func:`voting_det.data.image_io.read_scan`,
+    DICOM included) and pHash; raises ``ImageReadError`` (one of
+    ``_DECODE_ERRORS``) when the file does not decode."""
+    image = read_scan(path)
+    return _ImageFile(width=image.shape[1], height=image.shape[0], phash=phash(_luma(image)))
 
 
 def _read_images(root: str, paths: Sequence[str], progress: bool) -> Tuple[Dict[str, _ImageFile], Dict[str, str]]:
@@ -462,6 +470,8 @@ def _read_images(root: str, paths: Sequence[str], progress: bool) -> Tuple[Dict[
     for path in tqdm(paths, desc="reading images", unit="image", disable=not progress):
         try:
             images[path] = _read_image(os.path.join(root, path))
+        except ImageReadError as e:
+            unreadable[path] = f"{path} cannot be decoded as an image ({e.reason})"
         except _DECODE_ERRORS as e:
             unreadable[path] = f"{path} cannot be decoded as an image ({type(e).__name__}: {e})"
     return images, unreadable

@@ -11,8 +11,9 @@ from detectron2.data import DatasetCatalog
 from tqdm import tqdm
 
 from .. import cli
+from ..data.image_io import read_scan_with_info, scan_frames
 from .panel import render_panel
-from .trace import Explainer, check_new_paths, gt_boxes, image_trace, load_image, save_json
+from .trace import Explainer, check_new_paths, gt_boxes, image_trace, save_json
 
 __all__ = [
     "common_root",
@@ -86,6 +87,7 @@ def explain_images(
     class_names: Optional[Sequence[str]] = None,
     overwrite: bool = False,
     progress: bool = True,
+    frame: Optional[int] = None,
 ) -> List[Tuple[str, str]]:
     """For every record, ``<stem>.png`` (the panel of the top detection, with
     the ground truth when the record has annotations) and ``<stem>.json`` (the
@@ -95,6 +97,11 @@ def explain_images(
     refused unless ``overwrite``). An image without detection gets its JSON
     (empty ``detections``) and no panel; an unreadable file is skipped with a
     warning. Returns the (png or "", json) pairs written.
+
+    DICOM files: of a multi-frame one, ``frame`` (from 0; None: the first) is
+    explained; the file's pixel spacing gives the thickness in mm, and the
+    trace gets ``"dicom": {"frame", "frames", "pixel_spacing_mm",
+    "spacing_source"}`` (nothing identifying the patient).
     """
     check_new_paths(output_paths(records, root, out_dir), overwrite)
     stems = [output_stem(r, root, out_dir) for r in records]
@@ -104,13 +111,17 @@ def explain_images(
     for record, stem in tqdm(list(zip(records, stems)), desc="explain", unit="image",
                              disable=not progress or len(records) < 2):
         try:
-            image = load_image(record["file_name"])
+            path = record["file_name"]
+            chosen = frame if frame is not None and scan_frames(path) > 1 else None
+            image, info = read_scan_with_info(path, frame=chosen)
         except ValueError as error:
             logger.warning("skipped: %s", error)
             continue
-        explanation = explainer(image)
+        explanation = explainer(image, pixel_spacing=info["pixel_spacing_mm"])
         trace = image_trace(explanation, explainer.levels, file=os.path.relpath(record["file_name"], root),
                             max_detections=detections, class_names=class_names, options=options)
+        if info["format"] == "dicom":
+            trace["dicom"] = {k: info[k] for k in ("frame", "frames", "pixel_spacing_mm", "spacing_source")}
         os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
         save_json(stem + ".json", trace, overwrite=overwrite)
         png = ""

@@ -184,8 +184,9 @@ class Explainer:
         """``(M, N)`` of every level."""
         return {lvl: tuple(s.grid_size) for lvl, s in zip(self.levels, self.model.roi_heads.levels)}
 
-    def __call__(self, image: np.ndarray) -> Explanation:
-        """Explain the detections of one grey or BGR uint8 image, any size."""
+    def __call__(self, image: np.ndarray, pixel_spacing: Optional[float] = None) -> Explanation:
+        """Explain the detections of one grey or BGR uint8 image, any size
+        (``pixel_spacing``: its mm per pixel, e.g. from DICOM, for the thickness in mm)."""
         image = as_bgr(image)
         captured = {}
         hooks = [
@@ -195,7 +196,7 @@ class Explainer:
             ),
         ]
         try:
-            instances = self.predictor(image)["instances"].to("cpu")
+            instances = self.predictor(image, pixel_spacing=pixel_spacing)["instances"].to("cpu")
         finally:
             for hook in hooks:
                 hook.remove()
