@@ -76,6 +76,11 @@ __all__ = [
     "PLUS_THRESHOLD",
     "OUTLINE_THRESHOLD",
     "CaliperEvidence",
+    "as_float_image",
+    "gated_chroma",
+    "outline_response",
+    "plus_response",
+    "search_region",
     "caliper_evidence",
     "detect_calipers",
     "score_dataset",
@@ -180,6 +185,24 @@ def _tint_free_chroma(image: np.ndarray, grey: np.ndarray, window: Tuple[slice, 
     return np.sqrt((residual ** 2).sum(axis=2))
 
 
+def gated_chroma(pixels: np.ndarray, grey: np.ndarray, window: Tuple[slice, slice]) -> np.ndarray:
+    """The colour cue's map inside ``window`` (a pair of slices of the image):
+    the tint-free chroma (grey levels), 0 where the 3x3 mean grey is near black
+    or near white and within ``_BORDER`` px of the image border.
+
+    ``pixels``: (H, W, 3) float32 image; ``grey``: its channel mean (H, W).
+    The colour cue is the largest 9 x 3 window mean of this map."""
+    height, width = grey.shape
+    chroma = _tint_free_chroma(pixels, grey, window)
+    local_grey = ndi.uniform_filter(grey[window], size=3, mode="nearest")
+    chroma[(local_grey < _DARK) | (local_grey > _BRIGHT)] = 0.0
+    rows = np.arange(height)[window[0]][:, None]
+    cols = np.arange(width)[window[1]][None, :]
+    near_border = (rows < _BORDER) | (rows >= height - _BORDER) | (cols < _BORDER) | (cols >= width - _BORDER)
+    chroma[near_border] = 0.0
+    return chroma
+
+
 def _plus_response(grey: np.ndarray) -> np.ndarray:
     """``max(min(arms) - max(diagonals), min(diagonals) - max(arms))`` at every
     interior pixel (arms: the pixel and its 4 neighbours; diagonals: its 4
@@ -248,13 +271,7 @@ def caliper_evidence(
     if pixels.ndim == 2:
         colour = 0.0
     else:
-        chroma = _tint_free_chroma(pixels, grey, window)
-        local_grey = ndi.uniform_filter(grey[window], size=3, mode="nearest")
-        chroma[(local_grey < _DARK) | (local_grey > _BRIGHT)] = 0.0
-        rows = np.arange(wy0, wy1)[:, None]
-        cols = np.arange(wx0, wx1)[None, :]
-        near_border = (rows < _BORDER) | (rows >= height - _BORDER) | (cols < _BORDER) | (cols >= width - _BORDER)
-        chroma[near_border] = 0.0
+        chroma = gated_chroma(pixels, grey, window)
         colour = float(ndi.uniform_filter(chroma, size=_COLOUR_WINDOW, mode="nearest")[inner].max())
 
     score = max(colour / colour_threshold, plus / plus_threshold, outline / outline_threshold)
@@ -332,3 +349,10 @@ def flag_dataset(
 ) -> Dict[str, bool]:
     """``{file_name: flag}`` for every image of a COCO file; see :func:`score_dataset`."""
     return {name: entry["calipers"] for name, entry in score_dataset(coco_json_path, image_root, margin).items()}
+
+
+# The cue maps and input checks, for benchmarks.caliper_marks (which locates the marks).
+as_float_image = _as_float_image
+search_region = _search_region
+plus_response = _plus_response
+outline_response = _outline_response
