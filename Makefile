@@ -7,7 +7,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 
-.PHONY: help setup demo test test-fast need-real-nt synthetic convert-real clean-demo benchmark benchmark-synthetic ablations tables synthetic-data benchmark-speed
+.PHONY: help setup demo test test-fast need-real-nt synthetic convert-real clean-demo benchmark benchmark-synthetic ablations tables synthetic-data benchmark-speed thickness caliper-reference
 
 help:
 	@echo "make demo          set up, then generate synthetic NT data, train LCF then Proposed, evaluate, draw predictions"
@@ -21,6 +21,8 @@ help:
 	@echo "make benchmark-synthetic  Table 1 on the built-in synthetic set (make demo's: 240 images, seed 0)"
 	@echo "make tables        rewrite the committed tables from the committed run records in benchmarks/results/runs (no training)"
 	@echo "make benchmark-speed  time every Table 1 model side by side (CPU, ~12 min; SPEED_DEVICE=cuda on a GPU)"
+	@echo "make caliper-reference  the sonographers' calipers and pixel spacing of the real images (REAL_NT converted; OCR needs tesseract-ocr)"
+	@echo "make thickness     NT thickness of the test folds' top-1 boxes against the sonographers' calipers and the synthetic truth"
 
 setup:
 	@VENV=$(VENV) PYTHON=$(PYTHON) bash tools/install.sh
@@ -88,3 +90,15 @@ SPEED_DEVICE ?= cpu
 SPEED_OUT    ?= $(RESULTS)/speed_$(SPEED_DEVICE)
 benchmark-speed: setup
 	$(PY) tools/benchmark_speed.py --device $(SPEED_DEVICE) --profile --out $(SPEED_OUT)
+
+# NT thickness (issue 22): each test image's top-1 box (committed run records) measured and compared
+# with the sonographers' calipers (benchmarks/results/thickness/caliper_reference.csv) and with the
+# synthetic set's truth; give REAL_NT where the real images are not at the paths the runs recorded
+caliper-reference: setup $(DETECTRON2_DATASETS)/nt_real/all.json
+	$(PY) tools/extract_caliper_reference.py --out $(RESULTS)/thickness/caliper_reference.csv \
+	  --eye-check $(RESULTS)/thickness/caliper_eye_check.csv --controls $(RESULTS)/caliper_labels.csv --sheets output/caliper_check
+
+thickness: setup synthetic-data
+	$(PY) tools/evaluate_thickness.py $(if $(REAL_NT),--images "$(REAL_NT)/Train & Val") \
+	  --synthetic-runs $(ARCHIVE)/cpu-synthetic/nt --synthetic-metadata $(DETECTRON2_DATASETS)/nt_synthetic/metadata.csv \
+	  --out $(RESULTS)/thickness
