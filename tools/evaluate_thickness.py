@@ -27,8 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from voting_det import cli  # noqa: E402
 
 
-def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tools/evaluate_thickness.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="benchmarks/results/runs/cpu/nt_real",
                    help="folder of the real set's runs: <runs>/<method>/fold<k>/eval/inference/... (a run archive)")
     p.add_argument("--dataset", default="nt_real", help="data set name of the runs' evaluations (nt_real)")
@@ -47,7 +48,11 @@ def parse(argv=None):
     p.add_argument("--synthetic-metadata", default="", help="the synthetic set's metadata.csv (its truth)")
     p.add_argument("--synthetic-images", action="append", default=[])
     p.add_argument("--out", default="benchmarks/results/thickness")
-    return cli.parse_args(p, argv)
+    return p
+
+
+def parse(argv=None):
+    return cli.parse_args(build_parser(), argv)
 
 
 def _runs_of(root, dataset, method, folds):
