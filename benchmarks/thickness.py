@@ -23,6 +23,8 @@ import os
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
+import torch
+from detectron2.structures import Boxes, pairwise_iou
 
 from voting_det.data.image_io import read_scan
 from voting_det.evaluation.agreement import agreement
@@ -109,14 +111,6 @@ def _top1(record: dict) -> Optional[List[float]]:
     return list(map(float, record["boxes"][int(np.argmax(record["scores"]))]))
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def measure_images(records: Iterable[dict], reference: Dict[str, dict], image_dirs: Sequence[str] = (),
                    remove_marks: bool = True, fold: Optional[int] = None) -> List[dict]:
     """One row per record with a reference: the reference, the top-1 box and
@@ -144,7 +138,7 @@ def measure_images(records: Iterable[dict], reference: Dict[str, dict], image_di
         top = _top1(record)
         row = {"file_name": name, "fold": fold, "reference_px": ref["distance_px"], "reference_located": ref["located"],
                "pixel_spacing_mm": ref["pixel_spacing_mm"], "spacing_source": ref["spacing_source"],
-               "marks_removed": removed, "top1_iou": _iou(top, gt) if top else 0.0,
+               "marks_removed": removed, "top1_iou": float(pairwise_iou(Boxes(torch.tensor([top])), Boxes(torch.tensor([gt])))[0, 0]) if top else 0.0,
                "top1_box": top, "gt_box": gt}
         for label, picture in (("", clean), ("_with_marks", grey)):
             row[f"profile{label}"] = profile_measurement(picture, top).thickness_px if top else float("nan")

@@ -13,8 +13,8 @@ branch is run again on the same proposal, and we measure how far the local box
 x_L and the fused box move (1 - IoU with the undeleted box, and the centre
 shift in pixels) and how much the score of the detected class drops. A model
 with border votes (docs/method.md section 2b) adds a ranking by each
-primitive's votes at the final level's borders (``border_trace``:
-``border_contributions`` summed over the borders) and a metric, how far the
+primitive's votes at each level's voted borders (``BORDER_RANKING``: the
+trace's ``border_contributions`` summed over the borders) and a metric, how far the
 final level's voted borders move (mean over the voting borders, image px). The same
 is done for m random primitives (several draws) and for the m lowest-ranked by
 alpha (a control that should do nothing). A faithful ranking moves the
