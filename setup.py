@@ -50,6 +50,15 @@ setup(
         "pylibjpeg",
         "pylibjpeg-libjpeg",
         "pylibjpeg-openjpeg",
+        # the local viewer (voting_det/viewer, tools/serve.py)
+        "fastapi",
+        "uvicorn",
+        "python-multipart",
     ],
-    extras_require={"test": ["pytest", "hypothesis", "scikit-learn"]},
+    extras_require={
+        "test": ["pytest", "pytest-xdist", "hypothesis", "scikit-learn", "httpx", "selenium"],
+        # TorchScript is torch's own; ONNX export and ONNX Runtime (tools/export_model.py)
+        "export": ["onnx==1.23.2", "onnxruntime==1.32.0"],
+    },
+    package_data={"voting_det.viewer": ["static/*"]},
 )

@@ -239,6 +239,20 @@ def test_json_trace_round_trips_and_matches_the_instances(explainer, test_image)
     assert trace["image_size"] == list(image.shape[:2])
 
 
+def test_an_image_without_detection_gives_an_empty_trace(tiny_model, test_image):
+    """Trace mode with every box under the score threshold: the reconstruction of
+    zero boxes is empty (it used to fail on an ambiguous reshape), the trace has
+    no detection and is valid JSON."""
+    _, weights = tiny_model
+    cfg = tiny_cfg(**{"MODEL.WEIGHTS": weights, "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 1.0})
+    nothing = Explainer(cfg, top_primitives=K)
+    explanation = nothing(load_image(test_image["file_name"]))
+    assert len(explanation.instances) == 0
+    trace = image_trace(explanation, nothing.levels, file="x.png")
+    assert trace["detections"] == []
+    assert json.loads(json.dumps(trace, allow_nan=False)) == trace
+
+
 # ------------------------------------------------------------------ the deletion test's intervention
 
 

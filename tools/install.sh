@@ -53,7 +53,20 @@ say "step 3/6: installing runtime and test dependencies"
   fvcore iopath pycocotools yacs termcolor tabulate cloudpickle tensorboard hydra-core \
   matplotlib pillow openpyxl scipy scikit-learn tqdm pytest pytest-xdist hypothesis \
   "pydicom>=3.0" pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg \
+  fastapi uvicorn python-multipart httpx selenium "onnx==1.23.2" "onnxruntime==1.32.0" \
   || fail "install runtime and test dependencies"
+
+# 3b. Debian's chromium and its driver for the viewer's browser test, best effort:
+#     only as root with apt-get, never required (the test skips without them and says so)
+if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+  say "step 3b: chromium and chromedriver found"
+elif [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
+  say "step 3b: installing Debian's chromium and chromium-driver (viewer browser test)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1 \
+    || say "step 3b: could not install chromium (the browser test will be skipped); continuing"
+else
+  say "step 3b: no chromium and not root with apt-get: the viewer's browser test will be skipped"
+fi
 
 # 4. detectron2 (keep an importable official one, else the registry repackaging)
 if "$PY" -c "import detectron2" 2>/dev/null; then

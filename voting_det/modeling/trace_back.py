@@ -38,7 +38,8 @@ def reconstruct(Phi: Tensor, D: Tensor, operator: Optional[Tensor] = None) -> Te
     """
     r, m, n = Phi.shape
     operator = operator_of(D, (m, n), operator)
-    return torch.einsum("kij,rj->rki", operator, Phi.reshape(r, m * n)).reshape(r, -1, m, n)
+    # the primitive count from the templates, not -1: with no box (R = 0) -1 is ambiguous
+    return torch.einsum("kij,rj->rki", operator, Phi.reshape(r, m * n)).reshape(r, D.shape[0], m, n)
 
 
 def _contributions_at(Rs: Tensor, D: Tensor, weights: Tensor, operator: Optional[Tensor] = None) -> Tensor:
