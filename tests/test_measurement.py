@@ -50,6 +50,18 @@ def test_profile_takes_the_maximum_thickness_along_the_nt_not_a_speckle_band():
     assert 90 <= m.calipers[0, 0] <= 120
 
 
+def test_profile_takes_the_nearest_line_not_a_brighter_layer_farther_out():
+    """Layered tissue: a dimmer echogenic line right above the NT and a much
+    brighter line 12 px farther up. The calipers go on the near line's inner
+    border (the brightest-row rule put them on the far line's)."""
+    img = phantom(50, 60)
+    img[46:50, :] = 120.0  # the near upper line, dimmer than the lower one
+    img[30:34, :] = 255.0  # a brighter layer farther out, tissue between
+    m = profile_measurement(img, (30.0, 28.0, 170.0, 66.0))
+    assert m.calipers[0, 1] == pytest.approx(50, abs=0.5) and m.calipers[1, 1] == pytest.approx(60, abs=0.25)
+    assert m.thickness_px == pytest.approx(10.0, abs=0.5)
+
+
 def test_profile_without_an_nt_is_invalid_not_a_number():
     flat = np.full((H, W), TISSUE)
     m = profile_measurement(flat, (30.0, 40.0, 170.0, 70.0))

@@ -7,11 +7,15 @@ them in pixels:
 
 - ``"profile"``: from the image inside the detected box. Along each column
   band of the box's middle part, the vertical intensity profile (smoothed)
-  shows the dark translucency between two bright lines; each inner border is
-  where the profile, going from a line's maximum towards the dark minimum,
-  falls half-way between them (sub-pixel, by linear interpolation). The
-  thickness is the largest of the bands' thicknesses after a running median
-  over neighbouring bands (a single speckle band cannot make it);
+  shows the dark translucency between two bright lines: the darkest row in the
+  box, and the *nearest* local maximum above and below it that rises at least
+  ``PROFILE_MIN_CONTRAST`` above it (a brighter line farther out is another
+  layer). Each inner border is where the profile, going from that line's
+  maximum towards the dark minimum, falls half-way between them (sub-pixel,
+  by linear interpolation). The thickness is a robust maximum over the bands:
+  the band at their 75th centile (``PROFILE_BAND_PERCENTILE``; the plain
+  maximum of noisy bands runs long). Both choices were made on development
+  images only (benchmarks/results/thickness/profile_decision.md);
 - ``"borders"``: the upper and lower borders the model's border votes placed
   (``MODEL.VOTING.BORDER_AXES`` with "y"), at the box's centre column;
 - ``"box"``: the box's height at its centre column (the naive baseline).
@@ -23,7 +27,8 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d, median_filter
+from scipy.ndimage import gaussian_filter1d
+from scipy.signal import find_peaks
 
 __all__ = [
     "MEASUREMENT_METHODS",
@@ -46,8 +51,8 @@ PROFILE_HEIGHT_MARGIN = 0.25
 PROFILE_BAND_PX = 5
 # Vertical Gaussian smoothing of the profiles (pixels).
 PROFILE_SMOOTH_PX = 1.0
-# Running median over this many neighbouring bands before the maximum is taken.
-PROFILE_MEDIAN_BANDS = 3
+# The measured band: the one at this centile of the bands' thicknesses (a robust maximum).
+PROFILE_BAND_PERCENTILE = 75
 # A band counts when both lines are at least this much brighter than the dark minimum (grey levels).
 PROFILE_MIN_CONTRAST = 8.0
 
@@ -103,17 +108,19 @@ def _crossing(profile: np.ndarray, start: int, stop: int, level: float) -> Optio
 def _band_thickness(profile: np.ndarray, lo: int, hi: int) -> Optional[Tuple[float, float]]:
     """Inner borders (upper, lower) of the dark band of ``profile`` whose
     minimum lies in rows ``[lo, hi)``: the half-way crossings between the
-    minimum and the brightest row above it and below it."""
+    minimum and the nearest local maximum above it and below it that is at
+    least ``PROFILE_MIN_CONTRAST`` brighter than the minimum."""
     if hi - lo < 1:
         return None
     dark = lo + int(np.argmin(profile[lo:hi]))
-    if dark == 0 or dark == len(profile) - 1:
-        return None
-    upper = int(np.argmax(profile[:dark]))
-    lower = dark + int(np.argmax(profile[dark:]))
     floor = profile[dark]
-    if min(profile[upper], profile[lower]) - floor < PROFILE_MIN_CONTRAST:
+    # local maxima, the profile's two ends included (a line cut by the region's edge)
+    peaks = find_peaks(np.concatenate(([-np.inf], profile, [-np.inf])))[0] - 1
+    bright = peaks[profile[peaks] - floor >= PROFILE_MIN_CONTRAST]
+    above, below = bright[bright < dark], bright[bright > dark]
+    if len(above) == 0 or len(below) == 0:
         return None
+    upper, lower = int(above.max()), int(below.min())
     top = _crossing(profile, upper, dark, (profile[upper] + floor) / 2)
     bottom = _crossing(profile, lower, dark, (profile[lower] + floor) / 2)
     if top is None or bottom is None or bottom <= top:
@@ -158,13 +165,11 @@ def profile_measurement(grey: np.ndarray, box: Sequence[float]) -> Measurement:
     thickness = bottoms - tops
     if not np.isfinite(thickness).any():
         return Measurement.invalid()
-    # a running median over neighbouring bands (NaN bands excluded) before the maximum
-    filled = np.where(np.isfinite(thickness), thickness, -np.inf)
-    smoothed = median_filter(filled, size=min(PROFILE_MEDIAN_BANDS, len(filled)), mode="nearest")
-    smoothed = np.where(np.isfinite(thickness), smoothed, -np.inf)
-    best = int(np.argmax(smoothed))
-    if not np.isfinite(smoothed[best]):
-        best = int(np.nanargmax(np.where(np.isfinite(thickness), thickness, np.nan)))
+    # the band at the 75th centile of the found bands' thicknesses (an actual band, so
+    # that the calipers and the thickness belong together)
+    found = np.flatnonzero(np.isfinite(thickness))
+    level = np.percentile(thickness[found], PROFILE_BAND_PERCENTILE, method="nearest")
+    best = int(found[np.argmin(np.abs(thickness[found] - level))])
     # rows to image y (pixel centres at r + 0.5)
     return _from_points(float(xs[best]), r0 + tops[best] + 0.5, r0 + bottoms[best] + 0.5)
 
