@@ -131,3 +131,32 @@ def test_prediction_rows_carry_the_thickness_and_calipers():
     assert first["rank"] == 1 and first["thickness_px"] is None and first["caliper_upper_x"] is None
     assert second["thickness_px"] == 24.0 and second["thickness_mm"] == 3.6 and second["above_cutoff"] == 1
     assert (second["caliper_upper_x"], second["caliper_upper_y"], second["caliper_lower_y"]) == (60.0, 24.0, 48.0)
+
+
+def test_the_predictor_equals_detectron2s_and_carries_the_pixel_spacing(tmp_path):
+    """build_predictor's call preprocesses as detectron2's DefaultPredictor (same
+    boxes and scores on the same weights); with pixel_spacing the thickness in
+    mm is the thickness in pixels times that spacing."""
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.engine import DefaultPredictor
+    from detectron2.modeling import build_model
+
+    from voting_det.engine import build_predictor
+
+    from .test_model import small_cfg
+
+    # the box method: defined for any box of the untrained model
+    cfg = small_cfg("nt_lcf.yaml", **{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0, "MODEL.MEASURE.METHOD": "box"})
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model")
+    cfg.MODEL.WEIGHTS = str(tmp_path / "model.pth")
+    image = np.repeat(phantom(50, 60)[:, :, None], 3, axis=2).astype(np.uint8)
+    ours = build_predictor(cfg)
+    theirs = DefaultPredictor(cfg)(image)["instances"]
+    plain = ours(image)["instances"]
+    assert len(theirs) > 0
+    assert torch.equal(plain.pred_boxes.tensor, theirs.pred_boxes.tensor) and torch.equal(plain.scores, theirs.scores)
+    spaced = ours(image, pixel_spacing=0.07)["instances"]
+    px, mm = spaced.pred_nt_thickness_px[0], spaced.pred_nt_thickness_mm[0]
+    assert torch.isnan(plain.pred_nt_thickness_mm[0]) and float(mm) == pytest.approx(0.07 * float(px), rel=1e-6)

@@ -10,6 +10,8 @@ it wins over ``MODEL.MEASURE.PIXEL_SPACING`` in voting_det's measurement."""
 import logging
 from typing import Optional
 
+import torch
+
 from detectron2.engine import DefaultPredictor
 
 from .checkpoint import SafeCheckpointer
@@ -24,17 +26,21 @@ class Predictor(DefaultPredictor):
     """detectron2's ``DefaultPredictor`` whose call takes the pixel spacing too."""
 
     def __call__(self, original_image, pixel_spacing: Optional[float] = None):
-        """``DefaultPredictor.__call__``; with ``pixel_spacing`` (mm per pixel)
-        the model's input dict carries it as ``pixel_spacing``."""
-        if pixel_spacing is None:
-            return super().__call__(original_image)
-        model = self.model
-        # DefaultPredictor's own preprocessing, the key added to the one input dict it builds
-        self.model = lambda inputs: model([dict(d, pixel_spacing=float(pixel_spacing)) for d in inputs])
-        try:
-            return super().__call__(original_image)
-        finally:
-            self.model = model
+        """``DefaultPredictor.__call__`` (the same preprocessing: BGR/RGB,
+        ``INPUT.MIN_SIZE_TEST`` resize); with ``pixel_spacing`` (mm per pixel)
+        the model's input dict also carries it as ``pixel_spacing``. Nothing of
+        the predictor is changed during a call, so calls from several threads
+        (the viewer's server) do not interfere."""
+        with torch.no_grad():
+            if self.input_format == "RGB":
+                original_image = original_image[:, :, ::-1]
+            height, width = original_image.shape[:2]
+            image = self.aug.get_transform(original_image).apply_image(original_image)
+            inputs = {"image": torch.as_tensor(image.astype("float32").transpose(2, 0, 1)),
+                      "height": height, "width": width}
+            if pixel_spacing is not None:
+                inputs["pixel_spacing"] = float(pixel_spacing)
+            return self.model([inputs])[0]
 
 
 def build_predictor(cfg) -> Predictor:
