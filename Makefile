@@ -7,7 +7,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 
-.PHONY: help setup demo test test-fast need-real-nt synthetic convert-real clean-demo benchmark benchmark-synthetic ablations tables synthetic-data benchmark-speed thickness caliper-reference
+.PHONY: help setup demo test test-fast need-real-nt synthetic convert-real clean-demo benchmark benchmark-synthetic ablations tables synthetic-data benchmark-speed thickness caliper-reference viewer-screenshot
 
 help:
 	@echo "make demo          set up, then generate synthetic NT data, train LCF then Proposed, evaluate, draw predictions"
@@ -23,6 +23,7 @@ help:
 	@echo "make benchmark-speed  time every Table 1 model side by side (CPU, ~12 min; SPEED_DEVICE=cuda on a GPU)"
 	@echo "make caliper-reference  the sonographers' calipers and pixel spacing of the real images (REAL_NT converted; OCR needs tesseract-ocr)"
 	@echo "make thickness     NT thickness of the test folds' top-1 boxes against the sonographers' calipers and the synthetic truth"
+	@echo "make viewer-screenshot  docs/images/viewer.png, taken by the viewer's browser test with the demo model (runs make demo first if needed)"
 
 setup:
 	@VENV=$(VENV) PYTHON=$(PYTHON) bash tools/install.sh
@@ -102,3 +103,14 @@ thickness: setup synthetic-data
 	$(PY) tools/evaluate_thickness.py $(if $(REAL_NT),--images "$(REAL_NT)/Train & Val") \
 	  --synthetic-runs $(ARCHIVE)/cpu-synthetic/nt --synthetic-metadata $(DETECTRON2_DATASETS)/nt_synthetic/metadata.csv \
 	  --out $(RESULTS)/thickness
+
+# docs/images/viewer.png: tests/test_viewer.py's browser test, run with the demo model (docs/viewer.md)
+VIEWER_MODEL ?= output/demo/stage2_voting
+VIEWER_IMAGE ?= $(DETECTRON2_DATASETS)/nt_synthetic/Train & Val/1.png
+viewer-screenshot: setup
+	test -f $(VIEWER_MODEL)/model_final.pth || $(MAKE) demo
+	VOTING_DET_VIEWER_CONFIG=$(VIEWER_MODEL)/config.yaml VOTING_DET_VIEWER_WEIGHTS=$(VIEWER_MODEL)/model_final.pth \
+	VOTING_DET_VIEWER_IMAGE="$(VIEWER_IMAGE)" \
+	VOTING_DET_VIEWER_SPACING=$$(awk -F, '$$1=="1.png"{print $$2}' $(DETECTRON2_DATASETS)/nt_synthetic/metadata.csv) \
+	VOTING_DET_VIEWER_SCREENSHOT=docs/images/viewer.png \
+	  $(PY) -m pytest -q -p no:cacheprovider tests/test_viewer.py -k browser
