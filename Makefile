@@ -33,7 +33,7 @@ demo: setup
 
 # two workers (pytest-xdist): the suite is about 11 min on one here, 2 CPUs
 test: setup
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --durations=25 tests
 
 # everyday subset (about a minute): everything but the tests marked slow
 # (training, several processes, kill-and-resume)
