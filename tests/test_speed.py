@@ -194,3 +194,35 @@ def test_benchmark_speed_cli_writes_its_table(tmp_path):
     assert set(report["training"]["96x128"]) == {"ls", "proposed", "fpn_R50"}
     md = (out / "speed.md").read_text()
     assert "| proposed |" in md and "Training iteration" in md
+
+
+@pytest.mark.slow
+def test_benchmark_speed_times_the_exported_models_beside_eager(tmp_path):
+    """--exported: voting_det's models (detectron2's left out) eager, as TorchScript and in ONNX Runtime,
+    interleaved; the ratios are the per-repetition ratios' median, the exported outputs equal eager's."""
+    import json
+
+    out = tmp_path / "speed"
+    cmd = [sys.executable, os.path.join(ROOT, "tools/benchmark_speed.py"), "--exported", "--methods", "ls", "fpn_R50",
+           "--sizes", "96x128", "--reps", "3", "--warmup", "1", "--threads", "1",
+           "--opts", *SMALL, "MODEL.VOTING.NUM_PRIMITIVES", "8", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fpn_R50 left out" in proc.stdout
+    report = json.loads((out / "export_cpu.json").read_text())
+    assert report["threads"] == 1 and list(report["exported"]) == ["96x128"]
+    rows = report["exported"]["96x128"]
+    assert list(rows) == ["ls"]
+    r = rows["ls"]
+    times = {k: np.asarray(v) for k, v in r["times_ms"].items()}
+    assert set(times) == {"eager", "torchscript", "onnxruntime"} and all(len(t) == 3 and (t > 0).all()
+                                                                          for t in times.values())
+    for runtime in ("torchscript", "onnxruntime"):
+        assert r["time"][runtime]["median_ms"] == pytest.approx(np.median(times[runtime]))
+        assert r["ratio_to_eager"][runtime]["median"] == pytest.approx(np.median(times[runtime] / times["eager"]))
+        diff = r["difference_to_eager"][runtime]
+        assert diff["eager_detections"] == diff["exported_detections"] > 0
+        assert diff["max_box_px"] <= 0.01 and diff["max_score"] <= 1e-4
+    assert r["file_mb"]["onnx"] > 1 and r["file_mb"]["torchscript"] > 1
+    md = (out / "export_cpu.md").read_text()
+    assert "| ls |" in md and "ONNX Runtime / eager" in md

@@ -11,8 +11,16 @@ depend on its weights once the number of proposals is fixed (100 here, as in
 the accuracy runs). Inference: ``torch.inference_mode``, batch 1, the image
 fed at the timed size (no resize), models interleaved in every repetition so
 that the ratios hold on a noisy machine. Peak memory: one subprocess per model.
-Writes ``speed.json`` and ``speed.md`` to ``--out``. Exit status: 0 when
-written; 2 for a user error (one line, found before any timing).
+Writes ``speed.json`` and ``speed.md`` to ``--out``.
+
+With ``--exported`` it times, instead, voting_det's models of ``--methods``
+(detectron2's baselines are left out) eager, as TorchScript and in ONNX
+Runtime on the CPU, interleaved in one run: each model is exported as
+``tools/export_model.py`` exports it (voting_det.export, traced at each
+``--sizes``), and the ratios of the exported models' latency to the eager
+model's are taken per repetition; writes ``export_cpu.json`` and
+``export_cpu.md`` (docs/export.md). Exit status: 0 when written; 2 for a
+user error (one line, found before any timing).
 """
 import os
 import runpy
@@ -77,6 +85,9 @@ def build_parser():
     p.add_argument("--profile", action="store_true",
                    help="also write torch.profiler's operator table of Proposed (first size) to profile_proposed.txt")
     p.add_argument("--only-profile", action="store_true", help="write the profile and stop (no timings)")
+    p.add_argument("--exported", action="store_true",
+                   help="instead: time voting_det's models of --methods eager, as TorchScript and in ONNX Runtime "
+                        "(CPU), interleaved, as ratios to eager; writes export_cpu.json and export_cpu.md")
     p.add_argument("--out", required=True, help="output folder for speed.json and speed.md")
     return p
 
@@ -310,11 +321,140 @@ def write_markdown(report, path):
         f.write("\n".join(L) + "\n")
 
 
+# ------------------------------------------------------------------ --exported
+
+EXPORTED_RUNTIMES = ("eager", "torchscript", "onnxruntime")
+
+
+def _ratio_summary(times, reference):
+    """Median and IQR of the per-repetition ratios ``times / reference``."""
+    ratios = np.asarray(times) / np.asarray(reference)
+    q1, med, q3 = np.percentile(ratios, [25, 50, 75])
+    return {"median": float(med), "q1_q3": [float(q1), float(q3)]}
+
+
+def time_exported(name, size, args, log):
+    """One voting_det model of ``--methods`` at ``size``: exported (TorchScript and
+    ONNX, traced on that input), then eager, TorchScript and ONNX Runtime timed
+    interleaved on the same network input; their outputs compared on it."""
+    import tempfile
+
+    from voting_det.export import (FORMATS, ExportedModel, compare_detections, detections, export_metadata,
+                                   export_model, output_names, postprocess)
+
+    h, w = size
+    image = make_inputs(h, w)[0]["image"].float()  # the network input: no resize (as the eager timings)
+    config, opts = _model_spec(name, args.opts)
+    model, cfg = build_model_from_config(config, opts, "cpu")
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        files = export_model(model, image, folder, FORMATS, metadata=export_metadata(cfg))
+        export_s = time.perf_counter() - start
+        sizes_mb = {fmt: os.path.getsize(files[fmt]) / 2**20 for fmt in FORMATS}
+        ts = ExportedModel.load(folder, "torchscript")
+        ort = ExportedModel.load(folder, "onnx", threads=args.threads)
+
+        def eager():
+            with torch.inference_mode():
+                return detections(model, image)
+
+        def torchscript():
+            with torch.inference_mode():
+                return ts.raw(image)
+
+        runners = {"eager": eager, "torchscript": torchscript, "onnxruntime": lambda: ort.raw(image)}
+        times = time_interleaved(runners, args.warmup, args.reps,
+                                 on_round=lambda i: log(f"  {name} {h}x{w}: round {i + 1}/{args.reps}"))
+        names = output_names(model)
+        want = postprocess(eager(), names, (h, w), h, w)
+        difference = {r: compare_detections(want, postprocess(runners[r](), names, (h, w), h, w))
+                      for r in EXPORTED_RUNTIMES[1:]}
+    return {
+        "config": config,
+        "time": {r: summarise_times(times[r]) for r in EXPORTED_RUNTIMES},
+        "times_ms": {r: [1e3 * t for t in times[r]] for r in EXPORTED_RUNTIMES},  # per repetition, in round order
+        "ratio_to_eager": {r: _ratio_summary(times[r], times["eager"]) for r in EXPORTED_RUNTIMES[1:]},
+        "difference_to_eager": difference,
+        "export_s": export_s,
+        "file_mb": sizes_mb,
+    }
+
+
+def write_exported_markdown(report, path):
+    m = report["machine"]
+    L = ["# Exported models (TorchScript, ONNX Runtime) next to eager PyTorch\n",
+         f"Command: `{report['command']}`  ",
+         f"Commit {report['commit'][:10]}, {report['date']}. Machine: {m['cpu']}, {m['cores']} cores, "
+         f"{report['threads']} thread(s) for torch and ONNX Runtime (intra-op), torch {m['torch']}, "
+         f"onnxruntime {report['onnxruntime']}.\n",
+         "Untrained weights (seed 0; the work does not depend on them), the configs' test settings "
+         "(100 test proposals unless --opts says otherwise), batch 1, the image given at the timed size "
+         "(the network input: no resize, no rescale, no NT measurement: the exported graph's work). Eager = the same traced function run by PyTorch "
+         "(`torch.inference_mode`). The three are interleaved in every repetition "
+         f"({report['reps']} after {report['warmup']} warm-ups); ratios are taken per repetition (median, IQR). "
+         "Difference to eager: the largest box coordinate (network-input pixels) and score difference on the "
+         "timed input.\n"]
+    for size, rows in report["exported"].items():
+        L.append(f"## {size}\n")
+        L.append("| model | eager ms | TorchScript ms | ONNX Runtime ms | TorchScript / eager (IQR) | "
+                 "ONNX Runtime / eager (IQR) | max box / score difference (TS; ORT) | files MiB (ts, onnx) |")
+        L.append("|---|---|---|---|---|---|---|---|")
+        for name, r in rows.items():
+            t, q = r["time"], r["ratio_to_eager"]
+            ratio = {k: f"{v['median']:.2f} ({v['q1_q3'][0]:.2f}-{v['q1_q3'][1]:.2f})" for k, v in q.items()}
+            d = r["difference_to_eager"]
+            diff = "; ".join(f"{_fmt(d[k]['max_box_px'], 4)} / {_fmt(d[k]['max_score'], 6)}" for k in d)
+            L.append(f"| {name} | {t['eager']['median_ms']:.0f} | {t['torchscript']['median_ms']:.0f} | "
+                     f"{t['onnxruntime']['median_ms']:.0f} | {ratio['torchscript']} | {ratio['onnxruntime']} | "
+                     f"{diff} | {r['file_mb']['torchscript']:.0f}, {r['file_mb']['onnx']:.0f} |")
+        L.append("")
+    with open(path, "w") as f:
+        f.write("\n".join(L) + "\n")
+
+
+def run_exported(args, sizes, log):
+    """``--exported``: every voting_det model of ``--methods`` at every size."""
+    import onnxruntime
+
+    if not args.device.startswith("cpu"):
+        raise cli.UserError(f"--device {args.device}: --exported times ONNX Runtime on the CPU; use --device cpu")
+    names = [n for n in args.methods if cli.load_config(*_model_spec(n, args.opts)).MODEL.META_ARCHITECTURE
+             == "VotingRCNN"]
+    if not names:
+        raise cli.UserError(f"--methods {' '.join(args.methods)}: none is a voting_det model; --exported times "
+                            "voting_det's exports (e.g. --methods ls lcf proposed)")
+    skipped = [n for n in args.methods if n not in names]
+    if skipped:
+        log(f"--exported: {', '.join(skipped)} left out (detectron2's own models: tools/deploy/export_model.py)")
+    os.makedirs(args.out, exist_ok=True)
+    report = {
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0], repo_root())] + sys.argv[1:]),
+        "commit": git_commit(repo_root()), "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_info("cpu"),
+        "threads": args.threads, "onnxruntime": onnxruntime.__version__, "reps": args.reps, "warmup": args.warmup,
+        "exported": {},
+    }
+    stem = os.path.join(args.out, "export_cpu")
+    for size in sizes:
+        key = f"{size[0]}x{size[1]}"
+        report["exported"][key] = {}
+        for name in names:
+            log(f"exported {name} at {key}")
+            report["exported"][key][name] = time_exported(name, size, args, log)
+            with open(stem + ".json", "w") as f:  # after every model: a partial run is kept
+                json.dump(report, f, indent=1)
+            write_exported_markdown(report, stem + ".md")
+    log(f"wrote {stem}.md and {stem}.json")
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
     sizes = [_size(s) for s in args.sizes]
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise cli.UserError(f"--device {args.device}: no CUDA device here; use --device cpu")
+    if args.exported:
+        torch.set_num_threads(args.threads)
+        return run_exported(args, sizes, lambda msg: print(msg, flush=True))
     names = list(args.methods)
     if PROPOSED in names:
         names.insert(names.index(PROPOSED) + 1, EXPLAIN)

@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from detectron2.layers import shapes_to_tensor
 from torch import Tensor
 
 __all__ = [
@@ -104,14 +105,15 @@ def place_context_boxes(centres: Tensor, image_size: Tuple[int, int], layout: Te
 
     Args:
         centres: ``(R, 2)`` proposal centres ``(x, y)`` in image pixels.
-        image_size: ``(H, W)`` of the image.
+        image_size: ``(H, W)`` of the image (ints, or 0-dim tensors under tracing).
         layout: ``(O, 4)`` from :func:`context_layout`.
 
     Returns:
         ``(R, O, 4)`` XYXY boxes.
     """
     height, width = image_size
-    scale = centres.new_tensor([width, height])
+    # (ints, or 0-dim tensors when traced for export: then the size stays an input of the graph)
+    scale = shapes_to_tensor([width, height]).to(centres)
     layout = layout.to(centres)
     box_centres = centres[:, None, :] + layout[None, :, :2] * scale
     half = layout[None, :, 2:] * scale / 2
@@ -214,7 +216,8 @@ def sample_boxes_bilinear(
             continue
         samples = F.grid_sample(
             features[image : image + 1],
-            grid[selected].reshape(1, count * grid_h, grid_w, 2),
+            # -1, not count: a traced graph (tools/export_model.py) keeps the box count dynamic
+            grid[selected].reshape(1, -1, grid_w, 2),
             mode="bilinear",
             padding_mode="zeros",
             align_corners=False,
@@ -222,7 +225,7 @@ def sample_boxes_bilinear(
         # pool first (no window straddles two boxes: grid_h = out_h * S), then
         # move the box axis first on the S*S times smaller result
         pooled = F.avg_pool2d(samples, sampling_ratio)
-        crops.append(pooled.reshape(channels, count, out_h, out_w).transpose(0, 1))
+        crops.append(pooled.reshape(channels, -1, out_h, out_w).transpose(0, 1))
         order.append(selected)
     sampled = torch.cat(order) if order else batch_index.new_zeros(0)
     if sampled.numel() != boxes.shape[0]:

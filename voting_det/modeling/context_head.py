@@ -140,10 +140,11 @@ class ContextHead(nn.Module):
         pooled = self.union_pooler([feature], [Boxes(u) for u in unions.split(num_per_image)])
         offsets = self.offset_pred(self.fc_g1(pooled)).view(-1, num_boxes, 2)
         deformed = deform_boxes(context_boxes, offsets, self.deform_gamma)
-        batch_index = torch.repeat_interleave(
-            torch.arange(len(proposals), device=feature.device),
-            torch.tensor(num_per_image, device=feature.device) * num_boxes,
-        )
+        # the image of each of the R x O boxes, from the proposals' own rows (no Python count: a
+        # graph traced for export, tools/export_model.py, keeps the proposal count dynamic)
+        batch_index = cat(
+            [torch.full_like(c[:, 0], i, dtype=torch.long) for i, c in enumerate(centres.split(num_per_image))]
+        )[:, None].expand(-1, num_boxes).reshape(-1)
         crops = sample_boxes_bilinear(
             feature, deformed.reshape(-1, 4), batch_index, self.box_resolution, self.spatial_scale
         )
