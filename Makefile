@@ -31,14 +31,15 @@ setup:
 demo: setup
 	$(PY) tools/demo.py --datasets $(DETECTRON2_DATASETS) --output-dir output/demo
 
-# two workers (pytest-xdist): the suite is about 11 min on one here, 2 CPUs
+# two workers (pytest-xdist); worksteal: a worker that runs out takes tests from the other (with the
+# default load scheduling the last ~10% of the suite ran on one worker while the other sat idle)
 test: setup
-	$(PY) -m pytest -q -n 2 --durations=25 tests
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=25 tests
 
 # everyday subset (about a minute): everything but the tests marked slow
 # (training, several processes, kill-and-resume)
 test-fast: setup
-	$(PY) -m pytest -q -n 2 -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow" tests
 
 # where the public NT set (Cui and Dong 2022, CC-BY-4.0; docs/data.md) was unpacked: give it,
 # e.g. make convert-real REAL_NT=/path/to/fetus_framework_nt
