@@ -55,10 +55,13 @@ def _render_and_write(job) -> Tuple[List[Tuple], Dict]:
 
 
 def _pool_context():
-    """'fork' where the platform has it (fast start), else 'spawn' (the worker
-    function and its arguments are module-level and picklable)."""
+    """'forkserver' where the platform has it, else 'spawn' (the worker function
+    and its arguments are module-level and picklable). Not 'fork': a process
+    forked from one whose OpenCV or torch thread pools are running can inherit
+    a held lock, and its first cv2 call then waits for ever (seen in the test
+    suite: both workers stuck in cv2.setNumThreads)."""
     methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
 def _init_worker() -> None:
