@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
 
 from ..data.image_io import ImageReadError, read_scan_with_info, scan_frames
 from ..inference import NO_DETECTION_RANK, detection_rows, error_row
+from ..modeling.grid import grid_to_image
 from ..interpretation.panel import LINE_PRIMITIVES, explanation_line, peak_place
 from .model import ViewerModel
 
@@ -77,14 +79,14 @@ def error_message(file: str, reason: str) -> str:
 
 
 def _vote_point(votes: Sequence, crop_box: Sequence[float]) -> List[float]:
-    """Image ``(x, y)`` of the strongest cell of a primitive's vote map Phi_k
-    (M x N over the level's crop box; cell centres as
-    :func:`voting_det.modeling.grid.grid_to_image` maps them)."""
+    """Image ``(x, y)`` of the strongest cell's centre of a primitive's vote map
+    Phi_k (M x N over the level's crop box), mapped by the model's own
+    :func:`voting_det.modeling.grid.grid_to_image`."""
     votes = np.asarray(votes, dtype=float)
-    m, n = votes.shape
     row, col = np.unravel_index(int(np.nanargmax(votes)), votes.shape)
-    x0, y0, x1, y1 = crop_box
-    return [x0 + (col + 0.5) / n * (x1 - x0), y0 + (row + 0.5) / m * (y1 - y0)]
+    point = grid_to_image(torch.tensor([[col + 0.5, row + 0.5]], dtype=torch.float64),
+                          torch.tensor([list(crop_box)], dtype=torch.float64), votes.shape)
+    return point[0].tolist()
 
 
 def explanation_summary(trace: Dict, per_level: int = LINE_PRIMITIVES) -> Dict:
