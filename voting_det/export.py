@@ -170,11 +170,9 @@ def preprocess(original_image: np.ndarray, min_size: int, max_size: int, input_f
     ``ResizeShortestEdge(min_size, max_size)``; returns ``(3, h, w)`` float32."""
     import detectron2.data.transforms as T
 
-    if input_format == "RGB":
-        original_image = original_image[:, :, ::-1]
-    resize = T.ResizeShortestEdge([min_size, min_size], max_size)
-    image = resize.get_transform(original_image).apply_image(original_image)
-    return torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
+    from .engine.predictor import model_input
+
+    return model_input(original_image, T.ResizeShortestEdge([min_size, min_size], max_size), input_format)
 
 
 def postprocess(outputs: Sequence[Tensor], names: Sequence[str], input_size: Tuple[int, int], height: int,
@@ -186,14 +184,16 @@ def postprocess(outputs: Sequence[Tensor], names: Sequence[str], input_size: Tup
     from detectron2.modeling.postprocessing import detector_postprocess
     from detectron2.structures import Boxes, Instances
 
+    from .modeling.meta_arch import rescale_box_fields
+
     fields = {name: value.clone() for name, value in zip(names, outputs)}  # detectron2 scales the boxes in place
     instances = Instances(tuple(input_size))
     instances.pred_boxes = Boxes(fields["boxes"])
     instances.scores = fields["scores"]
     instances.pred_classes = fields["classes"]
     if BORDERS_OUTPUT in fields:
-        scale = fields["boxes"].new_tensor([width / input_size[1], height / input_size[0]] * 2)
-        instances.pred_borders = fields[BORDERS_OUTPUT] * scale
+        instances.pred_borders = fields[BORDERS_OUTPUT]
+        rescale_box_fields(instances, height, width, ["pred_borders"])
     return detector_postprocess(instances, height, width)
 
 

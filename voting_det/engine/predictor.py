@@ -16,7 +16,17 @@ from detectron2.engine import DefaultPredictor
 
 from .checkpoint import SafeCheckpointer
 
-__all__ = ["Predictor", "build_predictor"]
+__all__ = ["Predictor", "build_predictor", "model_input"]
+
+
+def model_input(original_image, resize, input_format: str = "BGR") -> torch.Tensor:
+    """What ``DefaultPredictor`` gives the model: ``original_image`` ``(H, W, 3)``
+    uint8 BGR, channels flipped for an RGB model, resized by ``resize`` (a
+    detectron2 ``ResizeShortestEdge``); ``(3, h, w)`` float32."""
+    if input_format == "RGB":
+        original_image = original_image[:, :, ::-1]
+    image = resize.get_transform(original_image).apply_image(original_image)
+    return torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
 
 # Loggers of detectron2's and fvcore's checkpointers.
 LOAD_LOGGERS = ("fvcore.common.checkpoint", "detectron2.checkpoint.detection_checkpoint")
@@ -32,12 +42,8 @@ class Predictor(DefaultPredictor):
         the predictor is changed during a call, so calls from several threads
         (the viewer's server) do not interfere."""
         with torch.no_grad():
-            if self.input_format == "RGB":
-                original_image = original_image[:, :, ::-1]
             height, width = original_image.shape[:2]
-            image = self.aug.get_transform(original_image).apply_image(original_image)
-            inputs = {"image": torch.as_tensor(image.astype("float32").transpose(2, 0, 1)),
-                      "height": height, "width": width}
+            inputs = {"image": model_input(original_image, self.aug, self.input_format), "height": height, "width": width}
             if pixel_spacing is not None:
                 inputs["pixel_spacing"] = float(pixel_spacing)
             return self.model([inputs])[0]

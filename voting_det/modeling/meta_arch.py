@@ -16,7 +16,7 @@ from ..config import refuse_untrusted_weights
 from .roi_heads import CONTEXT_FEATURES, TRACE_PREFIX
 from .voting_level import VotingLevel
 
-__all__ = ["VotingRCNN", "refuse_partial_loads", "use_channels_last_stem"]
+__all__ = ["VotingRCNN", "refuse_partial_loads", "rescale_box_fields", "use_channels_last_stem"]
 
 # Instance fields holding boxes in input-image coordinates (rescaled with pred_boxes).
 INTERMEDIATE_BOX_FIELDS = (
@@ -81,6 +81,18 @@ def use_channels_last_stem(backbone: nn.Module) -> bool:
     stem.register_forward_pre_hook(_channels_last_input)
     stem.register_forward_hook(_contiguous_output)
     return True
+
+
+def rescale_box_fields(result, height: int, width: int, names) -> None:
+    """Scale ``result``'s fields ``names`` that it has (XYXY boxes or (x, y)
+    points in the network input's coordinates, last dimension 4 or 2) to a
+    ``height`` x ``width`` output, as detectron2's ``detector_postprocess``
+    scales ``pred_boxes``; call it before that function (it reads the input size)."""
+    scale = result.pred_boxes.tensor.new_tensor([width / result.image_size[1], height / result.image_size[0]] * 2)
+    for name in names:
+        if result.has(name):
+            value = result.get(name)
+            result.set(name, value * scale[: value.shape[-1]])
 
 
 @META_ARCH_REGISTRY.register()
@@ -241,12 +253,8 @@ class VotingRCNN(GeneralizedRCNN):
         """Scale the intermediate box and point fields (trace fields included) to
         the output size, as detectron2's ``detector_postprocess`` does for
         ``pred_boxes``."""
-        scale = result.pred_boxes.tensor.new_tensor([width / result.image_size[1], height / result.image_size[0]] * 2)
         names = list(INTERMEDIATE_BOX_FIELDS) + [f"{level}_boxes" for level in self.roi_heads.level_names]
         names += [
             f"{TRACE_PREFIX}{level}_{name}" for level in self.roi_heads.level_names for name in VotingLevel.TRACE_IMAGE_FIELDS
         ]
-        for name in names:
-            if result.has(name):
-                value = result.get(name)
-                result.set(name, value * scale[: value.shape[-1]])
+        rescale_box_fields(result, height, width, names)
