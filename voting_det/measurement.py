@@ -152,16 +152,15 @@ def profile_measurement(grey: np.ndarray, box: Sequence[float]) -> Measurement:
     lo = int(np.clip(np.floor(y0) - r0, 0, region.shape[0]))
     hi = int(np.clip(np.ceil(y1) - r0, lo, region.shape[0]))
     bands = max(1, region.shape[1] // PROFILE_BAND_PX)
-    tops, bottoms, xs = [], [], []
-    for b in range(bands):
-        a = b * PROFILE_BAND_PX
-        e = (b + 1) * PROFILE_BAND_PX if b < bands - 1 else region.shape[1]  # the last band takes the rest
-        profile = gaussian_filter1d(region[:, a:e].mean(axis=1), PROFILE_SMOOTH_PX, mode="nearest")
-        found = _band_thickness(profile, lo, hi)
-        tops.append(np.nan if found is None else found[0])
-        bottoms.append(np.nan if found is None else found[1])
-        xs.append(c0 + (a + e) / 2)
-    tops, bottoms, xs = np.array(tops), np.array(bottoms), np.array(xs)
+    # band b spans columns [b * PROFILE_BAND_PX, (b + 1) * PROFILE_BAND_PX), the last one the rest
+    edges = np.minimum(np.arange(bands + 1) * PROFILE_BAND_PX, region.shape[1])
+    edges[-1] = region.shape[1]
+    means = np.add.reduceat(region, edges[:-1], axis=1) / np.diff(edges)  # (rows, bands)
+    profiles = gaussian_filter1d(means, PROFILE_SMOOTH_PX, axis=0, mode="nearest")
+    found = [_band_thickness(profiles[:, b], lo, hi) for b in range(bands)]
+    tops = np.array([np.nan if f is None else f[0] for f in found])
+    bottoms = np.array([np.nan if f is None else f[1] for f in found])
+    xs = c0 + (edges[:-1] + edges[1:]) / 2
     thickness = bottoms - tops
     if not np.isfinite(thickness).any():
         return Measurement.invalid()
