@@ -238,6 +238,45 @@ def test_training_a_border_model_gives_border_losses_and_gradients():
             assert grad is not None and float(grad.abs().sum()) > 0
 
 
+def test_the_box_giou_term_matches_torchvision_and_is_off_by_default():
+    """MODEL.VOTING.LOSS_WEIGHT_BOX_GIOU: 0 leaves the term out (the paper's
+    losses, unchanged); w > 0 adds, per level, w x torchvision's generalized-IoU
+    loss of that level's foreground boxes, summed and divided by the sampled
+    proposals, and its gradient reaches the border templates."""
+    from torchvision.ops import generalized_box_iou_loss
+
+    off = small_cfg("nt_lcf.yaml", **{"MODEL.VOTING.BORDER_AXES": ["y", "x"]})
+    torch.manual_seed(0)
+    model = build_model(off).train()
+    with EventStorage():
+        assert not any("giou" in k for k in model(batch(with_negative=False)))
+
+    cfg = small_cfg("nt_lcf.yaml", **{"MODEL.VOTING.BORDER_AXES": ["y", "x"], "MODEL.VOTING.LOSS_WEIGHT_BOX_GIOU": 2.0})
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    seen = {}
+    original = model.roi_heads.losses
+
+    def spy(outputs, level_proposals, glob):
+        seen["args"] = (outputs, level_proposals)
+        return original(outputs, level_proposals, glob)
+
+    model.roi_heads.losses = spy
+    with EventStorage():
+        losses = model(batch(with_negative=False))
+    outputs, level_proposals = seen["args"]
+    for out, proposals, level in zip(outputs, level_proposals, ("res4", "res3")):
+        gt_classes = torch.cat([p.gt_classes for p in proposals])
+        gt_boxes = torch.cat([p.gt_boxes.tensor for p in proposals])
+        fg = gt_classes == 0
+        assert fg.any()
+        want = 2.0 * generalized_box_iou_loss(out.pred_boxes[fg], gt_boxes[fg], reduction="sum") / len(gt_classes)
+        torch.testing.assert_close(losses[f"loss_local_box_giou_{level}"], want, rtol=1e-5, atol=1e-6)
+    model.zero_grad()
+    losses["loss_local_box_giou_res3"].backward()
+    assert float(model.roi_heads.levels[1].borders.logits("y").grad.abs().sum()) > 0
+
+
 def test_the_border_templates_get_the_voting_learning_rate_and_no_weight_decay():
     from voting_det.engine.trainer import Trainer
 

@@ -233,6 +233,10 @@ def _add_voting_model_config(cfg: CN) -> None:
     # Weight of the border heatmap loss (each border's soft-argmax probabilities
     # against a Gaussian of HEATMAP_SIGMA at the true border).
     v.LOSS_WEIGHT_BORDER = 1.0
+    # Weight of a generalized-IoU loss on each level's box against the true box
+    # (a scale-free box term beside the centre, size and border terms);
+    # 0 = off, the paper's losses only. Tuning trial 8.
+    v.LOSS_WEIGHT_BOX_GIOU = 0.0
     # At inference, read each voted border as the soft-argmax over the cells
     # within this many cells of its most probable cell (the whole-axis
     # soft-argmax is pulled toward the crop's middle, which shortens boxes).

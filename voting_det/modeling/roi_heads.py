@@ -20,7 +20,7 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, R
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
-from fvcore.nn import smooth_l1_loss
+from fvcore.nn import giou_loss, smooth_l1_loss
 from torch import Tensor, nn
 
 from ..config import VOTING_LEVELS, validate_explain_config, validate_voting_config
@@ -115,7 +115,8 @@ class VotingROIHeads(ROIHeads):
                 the feature map it reads).
             rematch_iou: IoU a later level's input box needs to a ground
                 truth box to be foreground.
-            loss_weights: per-level loss weights, keys cls, centre, size, heatmap.
+            loss_weights: per-level loss weights, keys cls, centre, size, heatmap,
+                border, box_giou (0 leaves that term out).
             smooth_l1_beta: of every smooth-L1 term.
             heatmap_sigma: (x, y) std in cells of the heatmap target.
             test_score_thresh, test_nms_thresh, test_detections_per_img: as
@@ -135,7 +136,7 @@ class VotingROIHeads(ROIHeads):
         self.proposal_matchers = [None] + [
             Matcher([rematch_iou], [0, 1], allow_low_quality_matches=False) for _ in levels[1:]
         ]
-        self.loss_weights = {"border": 1.0, **loss_weights}
+        self.loss_weights = {"border": 1.0, "box_giou": 0.0, **loss_weights}
         self.smooth_l1_beta = smooth_l1_beta
         self.heatmap_sigma = tuple(heatmap_sigma)
         self.test_score_thresh = test_score_thresh
@@ -202,6 +203,7 @@ class VotingROIHeads(ROIHeads):
                 "size": v.LOSS_WEIGHT_SIZE,
                 "heatmap": v.LOSS_WEIGHT_HEATMAP,
                 "border": v.LOSS_WEIGHT_BORDER,
+                "box_giou": v.LOSS_WEIGHT_BOX_GIOU,
             },
             smooth_l1_beta=v.SMOOTH_L1_BETA,
             heatmap_sigma=tuple(v.HEATMAP_SIGMA),
@@ -326,6 +328,10 @@ class VotingROIHeads(ROIHeads):
         }
         if out.borders is not None:
             losses["border"] = self._border_loss(out, fg, gt_boxes[fg], level)
+        if w.get("box_giou", 0.0) > 0:
+            # generalized-IoU loss of the level's own box, summed over the
+            # foreground and divided by all sampled proposals, as the box terms
+            losses["box_giou"] = giou_loss(out.pred_boxes[fg], gt_boxes[fg], reduction="sum") / max(num, 1)
         self._log_level(level, out, gt_classes, fg)
         return {f"loss_local_{k}_{level.name}": v * w[k] for k, v in losses.items()}
 
