@@ -55,6 +55,9 @@ PROFILE_SMOOTH_PX = 1.0
 PROFILE_BAND_PERCENTILE = 75
 # A band counts when both lines are at least this much brighter than the dark minimum (grey levels).
 PROFILE_MIN_CONTRAST = 8.0
+# ... and each line at least this share of the brightest row's rise on its side of the minimum
+# (speckle inside a wide translucency is no line); 0 = the absolute contrast only.
+PROFILE_LINE_SHARE = 0.0
 
 
 @dataclass
@@ -116,7 +119,11 @@ def _band_thickness(profile: np.ndarray, lo: int, hi: int) -> Optional[Tuple[flo
     floor = profile[dark]
     # local maxima, the profile's two ends included (a line cut by the region's edge)
     peaks = find_peaks(np.concatenate(([-np.inf], profile, [-np.inf])))[0] - 1
-    bright = peaks[profile[peaks] - floor >= PROFILE_MIN_CONTRAST]
+    rise = profile[peaks] - floor
+    side_max_above = profile[:dark].max() - floor if dark > 0 else 0.0
+    side_max_below = profile[dark + 1:].max() - floor if dark + 1 < len(profile) else 0.0
+    need = np.where(peaks < dark, side_max_above, side_max_below) * PROFILE_LINE_SHARE
+    bright = peaks[(rise >= PROFILE_MIN_CONTRAST) & (rise >= need)]
     above, below = bright[bright < dark], bright[bright > dark]
     if len(above) == 0 or len(below) == 0:
         return None
