@@ -62,6 +62,22 @@ def test_profile_takes_the_nearest_line_not_a_brighter_layer_farther_out():
     assert m.thickness_px == pytest.approx(10.0, abs=0.5)
 
 
+def test_profile_skips_a_speckle_bump_inside_a_wide_translucency(monkeypatch):
+    """A 35 px translucency with a faint bump (20 grey levels, the lines 180)
+    across it: the bump is no echogenic line (PROFILE_LINE_SHARE), so the
+    calipers go on the lines' inner borders; the absolute contrast alone
+    (share 0, the earlier rule) stops at the bump."""
+    import voting_det.measurement as measurement
+
+    img = phantom(40, 75)
+    img[50:53, :] = DARK + 20.0
+    box = (30.0, 34.0, 170.0, 81.0)
+    m = profile_measurement(img, box)
+    assert m.calipers[0, 1] == pytest.approx(40, abs=0.25) and m.calipers[1, 1] == pytest.approx(75, abs=0.25)
+    monkeypatch.setattr(measurement, "PROFILE_LINE_SHARE", 0.0)
+    assert profile_measurement(img, box).thickness_px < 15
+
+
 def test_profile_without_an_nt_is_invalid_not_a_number():
     flat = np.full((H, W), TISSUE)
     m = profile_measurement(flat, (30.0, 40.0, 170.0, 70.0))

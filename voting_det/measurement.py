@@ -9,8 +9,9 @@ them in pixels:
   band of the box's middle part, the vertical intensity profile (smoothed)
   shows the dark translucency between two bright lines: the darkest row in the
   box, and the *nearest* local maximum above and below it that rises at least
-  ``PROFILE_MIN_CONTRAST`` above it (a brighter line farther out is another
-  layer). Each inner border is where the profile, going from that line's
+  ``PROFILE_MIN_CONTRAST`` above it and at least ``PROFILE_LINE_SHARE`` of the
+  brightest row's rise on its side (a brighter line farther out is another
+  layer; a speckle bump inside a wide translucency is no line). Each inner border is where the profile, going from that line's
   maximum towards the dark minimum, falls half-way between them (sub-pixel,
   by linear interpolation). The thickness is a robust maximum over the bands:
   the band at their 75th centile (``PROFILE_BAND_PERCENTILE``; the plain
@@ -57,7 +58,7 @@ PROFILE_BAND_PERCENTILE = 75
 PROFILE_MIN_CONTRAST = 8.0
 # ... and each line at least this share of the brightest row's rise on its side of the minimum
 # (speckle inside a wide translucency is no line); 0 = the absolute contrast only.
-PROFILE_LINE_SHARE = 0.0
+PROFILE_LINE_SHARE = 0.25
 
 
 @dataclass
