@@ -344,3 +344,17 @@ def test_tool_writes_the_reference(tmp_path):
     eye.write_text("file_name,verdict\na.png,maybe\n")
     assert tool.main(["--coco", str(coco), "--out", str(out), "--no-ocr", "--eye-check", str(eye)]) == 2
     assert tool.main(["--coco", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
+
+
+def test_mark_offsets_from_the_lines_middle_on_a_drawn_profile():
+    """benchmarks.caliper_mark_offsets: two 4-row lines (rows 20-23, 50-53):
+    marks on the inner borders lie inside the brightest rows (negative), a mark
+    past the lower line lies beyond it (positive), in px."""
+    from benchmarks.caliper_mark_offsets import mark_offsets
+
+    grey = np.full((80, 60), 30.0)
+    grey[20:24] = 200.0
+    grey[50:54] = 200.0
+    # smoothed, each line's brightest row is its first middle row (21 and 51)
+    assert mark_offsets(grey, (30.0, 24.0), (30.0, 49.0)) == (-3.0, -2.0)
+    assert mark_offsets(grey, (30.0, 19.0), (30.0, 55.0)) == (2.0, 4.0)
