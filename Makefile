@@ -36,7 +36,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -n 2 --dist worksteal --durations=25 tests
 
-# everyday subset (about a minute): everything but the tests marked slow
+# everyday subset (about 3 minutes): everything but the tests marked slow
 # (training, several processes, kill-and-resume)
 test-fast: setup
 	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow" tests
