@@ -11,9 +11,10 @@ them in pixels:
   box, and the *nearest* local maximum above and below it that rises at least
   ``PROFILE_MIN_CONTRAST`` above it and at least ``PROFILE_LINE_SHARE`` of the
   brightest row's rise on its side (a brighter line farther out is another
-  layer; a speckle bump inside a wide translucency is no line). Each inner border is where the profile, going from that line's
-  maximum towards the dark minimum, falls half-way between them (sub-pixel,
-  by linear interpolation). The thickness is a robust maximum over the bands:
+  layer; a speckle bump inside a wide translucency is no line). Each inner
+  border is where the profile, going from that line's maximum towards the
+  dark minimum, falls half-way between them (sub-pixel, by linear
+  interpolation). The thickness is a robust maximum over the bands:
   the band at their 75th centile (``PROFILE_BAND_PERCENTILE``; the plain
   maximum of noisy bands runs long). Both choices were made on development
   images only (benchmarks/results/thickness/profile_decision.md);
@@ -113,7 +114,8 @@ def _band_thickness(profile: np.ndarray, lo: int, hi: int) -> Optional[Tuple[flo
     """Inner borders (upper, lower) of the dark band of ``profile`` whose
     minimum lies in rows ``[lo, hi)``: the half-way crossings between the
     minimum and the nearest local maximum above it and below it that is at
-    least ``PROFILE_MIN_CONTRAST`` brighter than the minimum."""
+    least ``PROFILE_MIN_CONTRAST`` brighter than the minimum and rises at least
+    ``PROFILE_LINE_SHARE`` of the brightest row's rise on its side."""
     if hi - lo < 1:
         return None
     dark = lo + int(np.argmin(profile[lo:hi]))

@@ -328,7 +328,7 @@ class VotingROIHeads(ROIHeads):
         }
         if out.borders is not None:
             losses["border"] = self._border_loss(out, fg, gt_boxes[fg], level)
-        if w.get("box_giou", 0.0) > 0:
+        if w["box_giou"] > 0:
             # generalized-IoU loss of the level's own box, summed over the
             # foreground and divided by all sampled proposals, as the box terms
             losses["box_giou"] = giou_loss(out.pred_boxes[fg], gt_boxes[fg], reduction="sum") / max(num, 1)
