@@ -24,28 +24,12 @@ from voting_det import cli
 from voting_det.engine.checkpoint import SafeCheckpointer
 from voting_det.inference import UNREADABLE_IMAGE, read_predictions
 
+from .helpers import load_tool as tool  # noqa: F401  (tools/<name>.py as a module)
+from .helpers import run_tool as run  # exit code and stderr of tools/<name>.py argv, run by its guard
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "nt_ls.yaml")
 TOOLS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "tools", "*.py")))
-_LOADED = {}
-
-
-def tool(name):
-    """``tools/<name>.py`` as a module (loaded once)."""
-    if name not in _LOADED:
-        spec = importlib.util.spec_from_file_location(f"cli_tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _LOADED[name] = module
-    return _LOADED[name]
-
-
-def run(capsys, name, *argv):
-    """Exit code and stderr of ``tools/<name>.py argv`` run by its guard."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        cli.run_tool(tool(name).main, [str(a) for a in argv])
-    return exit_.value.code, capsys.readouterr().err
 
 
 def assert_user_error(result, *named):

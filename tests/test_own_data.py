@@ -11,6 +11,8 @@ import pytest
 
 from voting_det import cli
 
+from .helpers import load_tool, run_tool
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--size", "144x192", "--workers", "1", "--no-progress"]
 # the smoke schedule on the tiny sets (the README's commands run the full one)
@@ -30,13 +32,16 @@ def tool(*args, cwd):
 @pytest.fixture(scope="module")
 def two_folders(tmp_path_factory):
     """Two sets in the public layout (images + spreadsheet), converted with the
-    converter: mine (18 images, seed 11) and theirs (12 images, seed 12)."""
+    converter: mine (18 images, seed 11) and theirs (12 images, seed 12). The
+    two tools run in this process, by their own guard, as their ``__main__``
+    does (an interpreter start-up per call cost more than the tools' work)."""
     root = tmp_path_factory.mktemp("own_data")
     for name, num, seed in (("mine", 18, 11), ("theirs", 12, 12)):
-        tool("make_synthetic_nt.py", "--out", str(root / f"{name}_raw"), "--num", str(num), "--seed", str(seed), *TINY,
-             cwd=REPO)
-        tool("convert_fetus_framework.py", "--root", str(root / f"{name}_raw"), "--out", str(root / f"{name}_coco"),
-             "--no-progress", cwd=REPO)
+        for argv in (["make_synthetic_nt", "--out", root / f"{name}_raw", "--num", num, "--seed", seed, *TINY],
+                     ["convert_fetus_framework", "--root", root / f"{name}_raw", "--out", root / f"{name}_coco",
+                      "--no-progress"]):
+            code = cli.exit_code(load_tool(argv[0]).main, [str(a) for a in argv[1:]])
+            assert code == 0, argv
     return root
 
 
@@ -98,9 +103,8 @@ def test_data_option_registers_a_folder_and_names_what_is_wrong(two_folders, tmp
         cli.register_data([str(root)])
 
 
-def test_outside_split_errors_are_one_line_before_training(two_folders, tmp_path):
-    bench = os.path.join(REPO, "tools", "benchmark.py")
-    voting = os.path.join(REPO, "tools", "train_voting.py")
+def test_outside_split_errors_are_one_line_before_training(tmp_path, capsys):
+    bench, voting = "benchmark", "train_voting"  # run by their guard in this process (tests/helpers.py)
     cases = [
         ([bench, "--train-set", "x_all"], "needs --train-set and --test-set"),
         ([bench, "--folds", "0", "--train-set", "a", "--test-set", "b"], "choose the split two ways"),
@@ -110,8 +114,7 @@ def test_outside_split_errors_are_one_line_before_training(two_folders, tmp_path
         ([voting, "--train-set", "mine9_all", "--output-dir", str(tmp_path / "o")], "not registered"),
     ]
     for argv, message in cases:
-        proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=REPO,
-                              env=dict(os.environ, PYTHONPATH=REPO))
-        assert proc.returncode == 2, (argv, proc.stderr[-2000:])
-        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (argv, proc.stderr)
+        code, err = run_tool(capsys, *argv)
+        assert code == 2, (argv, err[-2000:])
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
         assert not (tmp_path / "o").exists()

@@ -25,6 +25,8 @@ from voting_det.inference import (
     read_predictions,
 )
 
+from .helpers import run_tool_output
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREDICT = os.path.join(REPO, "tools", "predict.py")
 IMAGE_SHAPE = (48, 64)  # H, W
@@ -178,7 +180,7 @@ def _run_predict(config_file, weights, images, output):
 
 
 @pytest.mark.slow
-def test_predict_cli_rows_resume_and_new_image(tiny_model_config, tmp_path):
+def test_predict_cli_rows_resume_and_new_image(tiny_model_config, tmp_path, capsys):
     config_file, weights = tiny_model_config
     images, output = tmp_path / "images", tmp_path / "predictions.csv"
     _write_images(images, ["scan1.grey.png", "sub/scan2.png", "scan3.bad.png"])
@@ -205,14 +207,16 @@ def test_predict_cli_rows_resume_and_new_image(tiny_model_config, tmp_path):
             x0, y0, x1, y1 = (float(r[k]) for k in ("x0", "y0", "x1", "y1"))
             assert 0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height
 
+    # the resumed runs: the tool by its guard in this process (the first run checked the process's own output)
+    argv = ["--config-file", config_file, "--input", images, "--output", output, "--no-progress", "MODEL.WEIGHTS", weights]
     content = output.read_text()
-    second = _run_predict(config_file, weights, images, output)
-    assert output.read_text() == content
-    assert "0 processed, 3 already in" in second.stdout
+    code, stdout, _ = run_tool_output(capsys, "predict", *argv)
+    assert code == 0 and output.read_text() == content
+    assert "0 processed, 3 already in" in stdout
 
     _write_images(images, ["scan4.png"])
-    third = _run_predict(config_file, weights, images, output)
-    assert "1 processed, 3 already in" in third.stdout
+    code, stdout, _ = run_tool_output(capsys, "predict", *argv)
+    assert code == 0 and "1 processed, 3 already in" in stdout
     assert output.read_text().startswith(content)
     new_rows = _rows_by_file(read_predictions(str(output)))
     assert list(new_rows)[-1] == "scan4.png" and len(new_rows) == 4

@@ -7,8 +7,6 @@ the generator's own helpers.
 import csv
 import math
 import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -26,6 +24,8 @@ from voting_det.data.synthetic import (
     render_synthetic_nt,
 )
 from voting_det.evaluation.metrics import box_iou
+
+from .helpers import run_tool, run_tool_output
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = (144, 192)
@@ -251,14 +251,11 @@ def test_fan_mask_is_the_sector_not_the_text():
     assert mask[190, 20] and not mask[5, 20]
 
 
-@pytest.mark.slow
-def test_cli_writes_a_set_and_refuses_to_overwrite(tmp_path):
+def test_cli_writes_a_set_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "cli set"
-    cmd = [sys.executable, os.path.join(REPO_ROOT, "tools", "make_synthetic_nt.py"), "--out", str(out),
-           "--num", "3", "--seed", "2", "--size", "96x128", "--no-progress"]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
-    assert done.returncode == 0, done.stderr
-    assert '"num_images": 3' in done.stdout
+    argv = ["--out", out, "--num", "3", "--seed", "2", "--size", "96x128", "--no-progress"]
+    code, stdout, _ = run_tool_output(capsys, "make_synthetic_nt", *argv)  # by its guard, in this process
+    assert code == 0 and '"num_images": 3' in stdout
     assert cv2.imread(str(out / IMAGES_DIRNAME / "2.png")).shape == (96, 128, 3)
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
-    assert again.returncode != 0 and "--overwrite" in again.stderr
+    code, err = run_tool(capsys, "make_synthetic_nt", *argv)
+    assert code == 2 and "--overwrite" in err

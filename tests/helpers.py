@@ -1,0 +1,37 @@
+"""Helpers shared by the tests that run the command-line tools in this
+process, the way their ``__main__`` does (no interpreter start-up per call)."""
+import importlib.util
+import os
+
+import pytest
+
+from voting_det import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_LOADED = {}
+
+
+def load_tool(name):
+    """``tools/<name>.py`` as a module (loaded once per process)."""
+    if name not in _LOADED:
+        spec = importlib.util.spec_from_file_location(f"cli_tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _LOADED[name] = module
+    return _LOADED[name]
+
+
+def run_tool_output(capsys, name, *argv):
+    """Exit code, stdout and stderr of ``tools/<name>.py argv`` run by its
+    guard (``cli.run_tool``, which exits)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        cli.run_tool(load_tool(name).main, [str(a) for a in argv])
+    captured = capsys.readouterr()
+    return exit_.value.code, captured.out, captured.err
+
+
+def run_tool(capsys, name, *argv):
+    """Exit code and stderr of ``tools/<name>.py argv`` run by its guard."""
+    code, _, err = run_tool_output(capsys, name, *argv)
+    return code, err
