@@ -326,6 +326,40 @@ def test_without_box_fusion_the_box_is_the_local_one_and_the_score_is_fused():
     assert "loss_fused_cls" in losses and "loss_fused_box" not in losses
 
 
+def test_the_mean_score_averages_the_levels_class_probabilities():
+    """MODEL.VOTING.TEST_SCORE "mean": each detection's local score is the
+    mean of the levels' softmax (recomputed here in numpy from the levels'
+    own logits), fused with the context score by Eq. 1; the boxes are those of
+    "last". Training is unchanged."""
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.RPN.POST_NMS_TOPK_TEST", "20", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
+            "MODEL.VOTING.RETURN_INTERMEDIATE", "True"]
+    results = {}
+    for score in ("last", "mean"):
+        torch.manual_seed(0)
+        model = build_model(setup_cfg(os.path.join(CONFIG_DIR, "nt_voting.yaml"), opts + ["MODEL.VOTING.TEST_SCORE", score]))
+        model.eval()
+        levels = []
+        hooks = [level.register_forward_hook(lambda mod, args, out: levels.append(out)) for level in model.roi_heads.levels]
+        with torch.no_grad():
+            model.roi_heads.fusion_logit.fill_(0.3)
+            results[score] = (model([{"image": batch()[0]["image"]}])[0]["instances"], levels)
+        for hook in hooks:
+            hook.remove()
+    mu = 1 / (1 + np.exp(-0.3))
+    for score, inst_levels in results.items():
+        inst, levels = inst_levels
+        assert len(inst) > 0 and len(levels) == 2
+        last_boxes = levels[-1].pred_boxes.numpy()
+        fg = [np.exp(o.logits.numpy()) / np.exp(o.logits.numpy()).sum(axis=1, keepdims=True) for o in levels]
+        fg = [p[:, 0] for p in fg]
+        assert np.abs(fg[0] - fg[1]).max() > 1e-3  # the two levels disagree, so the two scores differ
+        for i in range(len(inst)):
+            row = int(np.abs(last_boxes - inst.local_boxes[i].numpy()).sum(axis=1).argmin())  # the detection's proposal
+            local = (fg[0][row] + fg[1][row]) / 2 if score == "mean" else fg[1][row]
+            assert inst.local_probs[i, 0].item() == pytest.approx(local, abs=1e-5)
+            assert inst.scores[i].item() == pytest.approx(mu * local + (1 - mu) * inst.global_probs[i, 0].item(), abs=1e-5)
+
+
 def test_the_speed_benchmark_times_a_one_backbone_model():
     import sys
 

@@ -151,13 +151,14 @@ def test_inference_with_zero_proposals_and_gray_one_channel_input():
 def test_fusion_extremes():
     local_boxes, global_boxes = torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([[5.0, 5, 20, 20]])
     local_logits, global_logits = torch.tensor([[2.0, -1.0]]), torch.tensor([[-3.0, 1.0]])
-    for mu, boxes, logits in ((1.0, local_boxes, local_logits), (0.0, global_boxes, global_logits)):
-        b, p = fuse_predictions(torch.tensor(mu), local_boxes, local_logits, global_boxes, global_logits)
+    local_probs, global_probs = torch.softmax(local_logits, dim=1), torch.softmax(global_logits, dim=1)
+    for mu, boxes, probs in ((1.0, local_boxes, local_probs), (0.0, global_boxes, global_probs)):
+        b, p = fuse_predictions(torch.tensor(mu), local_boxes, local_probs, global_boxes, global_probs)
         assert torch.equal(b, boxes)
-        assert torch.allclose(p, torch.softmax(logits, dim=1))
-    b, p = fuse_predictions(torch.tensor(0.5), local_boxes, local_logits, global_boxes, global_logits)
+        assert torch.allclose(p, probs)
+    b, p = fuse_predictions(torch.tensor(0.5), local_boxes, local_probs, global_boxes, global_probs)
     assert torch.allclose(b, torch.tensor([[2.5, 2.5, 15, 15]]))
-    assert torch.allclose(p.sum(dim=1), torch.ones(1))
+    assert torch.allclose(p, (local_probs + global_probs) / 2) and torch.allclose(p.sum(dim=1), torch.ones(1))
 
 
 @pytest.mark.parametrize("config", sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR, "nt_*.yaml"))))
@@ -198,6 +199,7 @@ def test_every_config_parses_and_builds(config):
         ("MODEL.VOTING.BORDER_AXES", ["z"], "MODEL.VOTING.BORDER_AXES"),
         ("MODEL.VOTING.BORDER_AXES", ["y", "y"], "MODEL.VOTING.BORDER_AXES"),
         ("MODEL.VOTING.BORDER_READOUT_WINDOW", -1, "MODEL.VOTING.BORDER_READOUT_WINDOW"),
+        ("MODEL.VOTING.TEST_SCORE", "max", "MODEL.VOTING.TEST_SCORE"),
     ],
 )
 def test_bad_config_names_the_key(key, value, message):

@@ -36,6 +36,8 @@ MODEL_ZOO_PREFIX = "model_zoo://"
 
 # Feature maps the primitive module can run on, with their strides.
 VOTING_LEVELS = {"res2": 4, "res3": 8, "res4": 16}
+# MODEL.VOTING.TEST_SCORE: the last level's class probability, or the levels' mean.
+TEST_SCORES = ("last", "mean")
 
 
 def add_voting_config(cfg: CN) -> None:
@@ -242,6 +244,12 @@ def _add_voting_model_config(cfg: CN) -> None:
     # soft-argmax is pulled toward the crop's middle, which shortens boxes).
     # 0 = the whole-axis soft-argmax, as in training. Inference only.
     v.BORDER_READOUT_WINDOW = 0
+    # The local score of a detection at inference: "last", the last level's
+    # class probability (the paper's s_L); "mean", the mean over the levels of
+    # their class probabilities, as detectron2's Cascade R-CNN scores its
+    # stages (each level judged its own input box). Fused with the context
+    # score by Eq. 1 either way; boxes unchanged. Inference only.
+    v.TEST_SCORE = "last"
     # Smooth-L1 beta of the centre and size losses.
     v.SMOOTH_L1_BETA = 0.1
     # Sigma (x, y) in cells of the heatmap target Gaussian at the true centre.
@@ -365,6 +373,8 @@ def validate_voting_config(cfg: CN) -> None:
         _fail("MODEL.VOTING.POOLER_TYPE", f"must be ROIAlign or ROIAlignV2, got {v.POOLER_TYPE!r}")
     if len(set(v.BORDER_AXES)) != len(v.BORDER_AXES) or any(a not in ("x", "y") for a in v.BORDER_AXES):
         _fail("MODEL.VOTING.BORDER_AXES", f"must be distinct axes of 'x', 'y' ([] = no border votes), got {list(v.BORDER_AXES)}")
+    if v.TEST_SCORE not in TEST_SCORES:
+        _fail("MODEL.VOTING.TEST_SCORE", f"must be one of {', '.join(map(repr, TEST_SCORES))}, got {v.TEST_SCORE!r}")
     if not isinstance(v.BORDER_READOUT_WINDOW, int) or v.BORDER_READOUT_WINDOW < 0:
         _fail("MODEL.VOTING.BORDER_READOUT_WINDOW", f"must be a whole number of cells >= 0 (0 = the soft-argmax), got {v.BORDER_READOUT_WINDOW!r}")
     if v.LOSS_WEIGHT_BORDER < 0:

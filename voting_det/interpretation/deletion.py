@@ -66,8 +66,6 @@ HEADLINE_METRIC = "local_box_shift"
 DEFAULT_RANDOM_DRAWS = 5
 # Bootstrap resamples over images for the 95% interval of each area.
 NUM_BOOTSTRAP = 1000
-# Floor of the context branch's probabilities before their log (a probability of 0 stays ~0).
-PROB_FLOOR = 1e-12
 # Tolerance (image px) of the check that the intervention path reproduces the model's box.
 REPRODUCTION_TOLERANCE_PX = 0.05
 
@@ -165,17 +163,16 @@ class LocalIntervention:
         levels, _ = self.model.roi_heads.run_levels(self.features, [proposals], primitive_masks=masks)
         last = levels[-1]
         local_boxes = last.pred_boxes.cpu() * self.scale
-        local_logits = last.logits.cpu()
-        result = {"local_boxes": local_boxes, "local_probs": torch.softmax(local_logits, dim=1), "levels": levels}
+        local_probs = self.model.roi_heads.local_probabilities(levels).cpu()  # the model's own local score
+        result = {"local_boxes": local_boxes, "local_probs": local_probs, "levels": levels}
         if last.border_positions is not None:
             result["border_positions"] = last.border_positions.cpu() * self.scale
         if self.mu is None:
             result.update(boxes=local_boxes, probs=result["local_probs"])
         else:
-            # log-probabilities as logits: fuse_predictions' softmax gives the probabilities back
-            global_logits = torch.log(self.global_probs.clamp_min(PROB_FLOOR)).expand(rows, -1)
             boxes, probs = fuse_predictions(
-                torch.tensor(self.mu), local_boxes, local_logits, self.global_box.expand(rows, 4), global_logits
+                torch.tensor(self.mu), local_boxes, local_probs, self.global_box.expand(rows, 4),
+                self.global_probs.expand(rows, -1),
             )
             result.update(boxes=boxes, probs=probs)
         return result

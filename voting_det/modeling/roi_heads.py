@@ -42,11 +42,11 @@ TRACE_PREFIX = "trace_"
 FUSED_PROB_EPS = 1e-6
 
 
-def fuse_predictions(mu: Tensor, local_boxes: Tensor, local_logits: Tensor, global_boxes: Tensor, global_logits: Tensor):
+def fuse_predictions(mu: Tensor, local_boxes: Tensor, local_probs: Tensor, global_boxes: Tensor, global_probs: Tensor):
     """Eq. 1: ``x = mu x_L + (1 - mu) x_G`` and ``s = mu s_L + (1 - mu) s_G``,
-    scores fused as probabilities. Returns (boxes, probabilities)."""
+    the scores as class probabilities. Returns (boxes, probabilities)."""
     boxes = mu * local_boxes + (1 - mu) * global_boxes
-    probs = mu * F.softmax(local_logits, dim=1) + (1 - mu) * F.softmax(global_logits, dim=1)
+    probs = mu * local_probs + (1 - mu) * global_probs
     return boxes, probs
 
 
@@ -103,6 +103,7 @@ class VotingROIHeads(ROIHeads):
         fusion_init: float = 0.0,
         branch_loss_weights: Optional[Dict[str, float]] = None,
         test_mu: float = -1.0,
+        test_score: str = "last",
         fuse_boxes: bool = True,
         return_intermediate: bool = False,
         explain: bool = False,
@@ -125,6 +126,9 @@ class VotingROIHeads(ROIHeads):
             fusion_init: initial fusion logit m, mu = sigmoid(m).
             branch_loss_weights: keys fused, local, global (context only).
             test_mu: a fixed mu in [0, 1] at inference; -1 keeps the learned one.
+            test_score: the local score at inference, "last" (the last level's
+                class probabilities) or "mean" (the levels' mean, as Cascade
+                R-CNN averages its stages).
             fuse_boxes: Eq. 1 fuses the boxes too; False keeps the local box
                 (the context branch enters the score only).
             return_intermediate: attach the per-branch boxes and scores to the detections.
@@ -146,6 +150,9 @@ class VotingROIHeads(ROIHeads):
         self.fusion_logit = nn.Parameter(torch.tensor(float(fusion_init))) if context_head is not None else None
         self.branch_loss_weights = dict(branch_loss_weights or {"fused": 1.0, "local": 1.0, "global": 1.0})
         self.test_mu = test_mu
+        if test_score not in ("last", "mean"):
+            raise ValueError(f"test_score must be 'last' or 'mean', got {test_score!r}")
+        self.test_score = test_score
         self.fuse_boxes = fuse_boxes
         self.return_intermediate = return_intermediate
         self.explain = explain
@@ -214,6 +221,7 @@ class VotingROIHeads(ROIHeads):
             fusion_init=c.FUSION_INIT,
             branch_loss_weights={"fused": c.LOSS_WEIGHT_FUSED, "local": c.LOSS_WEIGHT_LOCAL, "global": c.LOSS_WEIGHT_GLOBAL},
             test_mu=c.TEST_MU,
+            test_score=v.TEST_SCORE,
             fuse_boxes=c.FUSE_BOXES,
             return_intermediate=v.RETURN_INTERMEDIATE,
             explain=cfg.MODEL.EXPLAIN.ENABLED,
@@ -381,15 +389,27 @@ class VotingROIHeads(ROIHeads):
         w, proposals = self.branch_loss_weights, level_proposals[0]
         losses = {k: v * w["local"] for k, v in losses.items()}
         losses.update({k: v * w["global"] for k, v in self.context_head.losses(glob, proposals).items()})
-        boxes, probs = self.fuse(outputs[-1], glob)
+        boxes, probs = self.fuse(outputs, glob)
         losses.update({k: v * w["fused"] for k, v in self._fused_losses(boxes, probs, proposals).items()})
         get_event_storage().put_scalar("voting/mu", float(self.mu.detach()))
         return losses
 
-    def fuse(self, last: LevelOutput, glob: ContextOutput) -> Tuple[Tensor, Tensor]:
-        """Eq. 1 on the last level's output and the context head's: (boxes,
+    def local_probabilities(self, outputs: List[LevelOutput]) -> Tensor:
+        """The local branch's class probabilities, (R, C+1): the last level's
+        (the paper's s_L); at inference with ``test_score`` "mean", the mean of
+        every level's, as detectron2's Cascade R-CNN averages its stages."""
+        if self.training or self.test_score == "last":
+            return F.softmax(outputs[-1].logits, dim=1)
+        return torch.stack([F.softmax(out.logits, dim=1) for out in outputs]).mean(dim=0)
+
+    def fuse(self, outputs: List[LevelOutput], glob: ContextOutput) -> Tuple[Tensor, Tensor]:
+        """Eq. 1 on the local branch's output (the last level's box,
+        :meth:`local_probabilities`) and the context head's: (boxes,
         probabilities); with ``fuse_boxes`` False the box stays the local one."""
-        boxes, probs = fuse_predictions(self.mu, last.pred_boxes, last.logits, glob.pred_boxes, glob.logits)
+        last = outputs[-1]
+        boxes, probs = fuse_predictions(
+            self.mu, last.pred_boxes, self.local_probabilities(outputs), glob.pred_boxes, F.softmax(glob.logits, dim=1)
+        )
         return (boxes if self.fuse_boxes else last.pred_boxes), probs
 
     def _fused_losses(self, boxes: Tensor, probs: Tensor, proposals: List[Instances]) -> Dict[str, Tensor]:
@@ -416,9 +436,9 @@ class VotingROIHeads(ROIHeads):
         scores (and the trace) of each detection's proposal are attached."""
         last = outputs[-1]
         if glob is None:
-            boxes, probs = last.pred_boxes, F.softmax(last.logits, dim=1)
+            boxes, probs = last.pred_boxes, self.local_probabilities(outputs)
         else:
-            boxes, probs = self.fuse(last, glob)
+            boxes, probs = self.fuse(outputs, glob)
         num_per_image = [len(p) for p in proposals]
         instances, kept = fast_rcnn_inference(
             boxes.split(num_per_image),
@@ -452,7 +472,7 @@ class VotingROIHeads(ROIHeads):
         for level, out in zip(self.level_names, outputs):
             extras[f"{level}_boxes"] = out.pred_boxes
         extras["local_boxes"] = outputs[-1].pred_boxes
-        extras["local_probs"] = F.softmax(outputs[-1].logits, dim=1)
+        extras["local_probs"] = self.local_probabilities(outputs)
         if glob is not None:
             extras.update(
                 global_boxes=glob.pred_boxes,
