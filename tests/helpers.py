@@ -1,5 +1,11 @@
 """Helpers shared by the tests that run the command-line tools in this
-process, the way their ``__main__`` does (no interpreter start-up per call)."""
+process, the way their ``__main__`` does (no interpreter start-up per call).
+
+Only for tools that do not set up logging before what the test checks: a
+tool that does (detectron2's ``setup_logger``) leaves handlers on the capture
+streams of the test that ran it, and a later in-process run that logs
+through them prints a "Logging error" traceback. Such checks run the tool as
+a process (e.g. test_bad_input's config-key test)."""
 import importlib.util
 import os
 
