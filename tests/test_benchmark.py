@@ -78,6 +78,7 @@ def test_runner_trains_evaluates_resumes_and_tabulates(datasets_root, tmp_path, 
     at = evaluate.index("MODEL.VOTING.BORDER_READOUT_WINDOW")
     assert evaluate[at + 1] == "2" and evaluate.index("--eval-only") < at
     assert run.commands()[1][run.commands()[1].index("MODEL.VOTING.BORDER_READOUT_WINDOW") + 1] == "0"
+    assert run.commands()[1][run.commands()[1].index("MODEL.VOTING.TEST_SCORE") + 1] == "last"  # also inference-only
     benchmark._check_or_record_config(readout)
     assert "BORDER_READOUT_WINDOW: 2" in open(os.path.join(run.folder, "run_config.yaml")).read()
     run_one(run, log=lambda *_: None)

@@ -333,10 +333,13 @@ def test_the_mean_score_averages_the_levels_class_probabilities():
     "last". Training is unchanged."""
     opts = ["MODEL.DEVICE", "cpu", "MODEL.RPN.POST_NMS_TOPK_TEST", "20", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
             "MODEL.VOTING.RETURN_INTERMEDIATE", "True"]
-    results = {}
+    results, losses = {}, {}
     for score in ("last", "mean"):
         torch.manual_seed(0)
         model = build_model(setup_cfg(os.path.join(CONFIG_DIR, "nt_voting.yaml"), opts + ["MODEL.VOTING.TEST_SCORE", score]))
+        with EventStorage():
+            torch.manual_seed(1)
+            losses[score] = {k: v.item() for k, v in model(batch(with_negative=False)).items()}
         model.eval()
         levels = []
         hooks = [level.register_forward_hook(lambda mod, args, out: levels.append(out)) for level in model.roi_heads.levels]
@@ -345,6 +348,7 @@ def test_the_mean_score_averages_the_levels_class_probabilities():
             results[score] = (model([{"image": batch()[0]["image"]}])[0]["instances"], levels)
         for hook in hooks:
             hook.remove()
+    assert losses["mean"] == losses["last"]  # training does not read it
     mu = 1 / (1 + np.exp(-0.3))
     for score, inst_levels in results.items():
         inst, levels = inst_levels
@@ -354,7 +358,9 @@ def test_the_mean_score_averages_the_levels_class_probabilities():
         fg = [p[:, 0] for p in fg]
         assert np.abs(fg[0] - fg[1]).max() > 1e-3  # the two levels disagree, so the two scores differ
         for i in range(len(inst)):
-            row = int(np.abs(last_boxes - inst.local_boxes[i].numpy()).sum(axis=1).argmin())  # the detection's proposal
+            distance = np.abs(last_boxes - inst.local_boxes[i].numpy()).sum(axis=1)
+            row = int(distance.argmin())  # the detection's proposal
+            assert distance[row] < 1e-3
             local = (fg[0][row] + fg[1][row]) / 2 if score == "mean" else fg[1][row]
             assert inst.local_probs[i, 0].item() == pytest.approx(local, abs=1e-5)
             assert inst.scores[i].item() == pytest.approx(mu * local + (1 - mu) * inst.global_probs[i, 0].item(), abs=1e-5)

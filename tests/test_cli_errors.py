@@ -24,7 +24,7 @@ from voting_det import cli
 from voting_det.engine.checkpoint import SafeCheckpointer
 from voting_det.inference import UNREADABLE_IMAGE, read_predictions
 
-from .helpers import load_tool as tool  # noqa: F401  (tools/<name>.py as a module)
+from .helpers import load_tool as tool  # tools/<name>.py as a module
 from .helpers import run_tool as run  # exit code and stderr of tools/<name>.py argv, run by its guard
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

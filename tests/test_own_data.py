@@ -1,7 +1,9 @@
 """Your own data from the command line (README "Your own data"): two folders
 converted with the converter, one trained on whole, the other tested on, with
-no Python wrapper: every step is a tool run in a subprocess, as a user types
-it (here at the smoke configs' size)."""
+no Python wrapper: every step of the walk-through is a tool run in a
+subprocess, as a user types it (here at the smoke configs' size); the
+fixture's conversion and the error checks run the tools in this process, by
+their own guard."""
 import json
 import os
 import subprocess

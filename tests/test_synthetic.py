@@ -27,7 +27,6 @@ from voting_det.evaluation.metrics import box_iou
 
 from .helpers import run_tool, run_tool_output
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = (144, 192)
 MEDIUM = (240, 320)
 REAL_STRUCTURES = {"thalami", "midbrain", "palate", "IT", "CM", "NT", "nasal tip", "nasal skin", "nasal bone"}

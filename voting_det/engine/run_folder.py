@@ -25,7 +25,7 @@ def _flatten(d, prefix="") -> Dict[str, object]:
 
 
 # Settings read at inference only, which a trained model can be evaluated
-# with either way: the border read-out window and a pinned fusion weight.
+# with either way: the border read-out window, the local score and a pinned fusion weight.
 INFERENCE_ONLY_KEYS = ("MODEL.VOTING.BORDER_READOUT_WINDOW", "MODEL.VOTING.TEST_SCORE", "MODEL.CONTEXT.TEST_MU")
 # Keys that do not change what a training run computes: where it writes, how
 # weights files are read, what inference attaches to its detections

@@ -56,7 +56,7 @@ METRICS = {
     "local_centre_shift_px": "local box x_L: centre shift (image px)",
     "fused_box_shift": "fused box x: 1 - IoU with the undeleted one",
     "score_drop": "fused score of the detected class: before - after",
-    "local_score_drop": "local score s_L of the detected class: before - after",
+    "local_score_drop": "local score s_L (MODEL.VOTING.TEST_SCORE) of the detected class: before - after",
 }
 # With border votes: the ranking by the votes at the borders, and the borders' move.
 BORDER_RANKING = "border"

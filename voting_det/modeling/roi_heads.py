@@ -23,7 +23,7 @@ from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss, smooth_l1_loss
 from torch import Tensor, nn
 
-from ..config import VOTING_LEVELS, validate_explain_config, validate_voting_config
+from ..config import TEST_SCORES, VOTING_LEVELS, validate_explain_config, validate_voting_config
 from .borders import border_heatmap_target, temperature_of
 from .context_head import ContextOutput, build_context_head
 from .grid import image_to_grid
@@ -82,8 +82,9 @@ class VotingROIHeads(ROIHeads):
     With the context branch: its Fast R-CNN losses on the proposals and the
     losses of the fused prediction, each branch weighted
     (``MODEL.CONTEXT.LOSS_WEIGHT_{LOCAL,GLOBAL,FUSED}``).
-    Inference: the last level's box and class probabilities (fused with the
-    context head's when it runs) through detectron2's ``fast_rcnn_inference``
+    Inference: the last level's box and the local class probabilities
+    (``test_score``: the last level's, or the levels' mean), fused with the
+    context head's when it runs, through detectron2's ``fast_rcnn_inference``
     (class-agnostic box, per-class scores).
     """
 
@@ -150,8 +151,8 @@ class VotingROIHeads(ROIHeads):
         self.fusion_logit = nn.Parameter(torch.tensor(float(fusion_init))) if context_head is not None else None
         self.branch_loss_weights = dict(branch_loss_weights or {"fused": 1.0, "local": 1.0, "global": 1.0})
         self.test_mu = test_mu
-        if test_score not in ("last", "mean"):
-            raise ValueError(f"test_score must be 'last' or 'mean', got {test_score!r}")
+        if test_score not in TEST_SCORES:
+            raise ValueError(f"test_score must be one of {TEST_SCORES}, got {test_score!r}")
         self.test_score = test_score
         self.fuse_boxes = fuse_boxes
         self.return_intermediate = return_intermediate
