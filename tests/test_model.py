@@ -200,6 +200,9 @@ def test_every_config_parses_and_builds(config):
         ("MODEL.VOTING.BORDER_AXES", ["y", "y"], "MODEL.VOTING.BORDER_AXES"),
         ("MODEL.VOTING.BORDER_READOUT_WINDOW", -1, "MODEL.VOTING.BORDER_READOUT_WINDOW"),
         ("MODEL.VOTING.TEST_SCORE", "max", "MODEL.VOTING.TEST_SCORE"),
+        ("MODEL.VOTING.REMATCH_IOU_PER_LEVEL", [0.6, 0.7], "MODEL.VOTING.REMATCH_IOU_PER_LEVEL"),  # 2 levels: one IoU
+        ("MODEL.VOTING.REMATCH_IOU_PER_LEVEL", [1.2], "MODEL.VOTING.REMATCH_IOU_PER_LEVEL"),
+        ("MODEL.VOTING.REMATCH_IOU", 0.0, "MODEL.VOTING.REMATCH_IOU"),
     ],
 )
 def test_bad_config_names_the_key(key, value, message):
@@ -270,3 +273,62 @@ def test_the_meta_architecture_calls_the_roi_head_once_and_it_logs_each_level():
     assert extra == {}
     for result, inst in zip(out, head_instances):
         assert torch.equal(result["instances"].scores, inst.scores)
+
+
+def _iou(a, b):
+    """IoU of two (x0, y0, x1, y1) boxes, by hand."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_rising_rematch_ious_label_each_later_level_at_its_own_threshold():
+    """MODEL.VOTING.REMATCH_IOU_PER_LEVEL [0.6, 0.7] on three levels: a box
+    is foreground for the second level from IoU 0.6 and for the third from
+    0.7 (hand-made boxes at IoU 0.55, 0.65 and 0.75); [] keeps REMATCH_IOU
+    (0.5) at both. In training each later level's labels follow its
+    threshold on the previous level's boxes (IoU recomputed by hand)."""
+    from detectron2.modeling.roi_heads import CascadeROIHeads
+
+    gt = [40.0, 90.0, 140.0, 110.0]  # 100 x 20
+    # boxes of the same height, shifted right: IoU = (100 - s) / (100 + s)
+    shifts = [100 * (1 - t) / (1 + t) for t in (0.55, 0.65, 0.75)]
+    boxes = [[gt[0] + s, gt[1], gt[2] + s, gt[3]] for s in shifts]
+    assert [round(_iou(b, gt), 6) for b in boxes] == [0.55, 0.65, 0.75]
+    grids = {"MODEL.VOTING.GRID_SIZES": [[3, 8], [4, 12], [4, 12]]}
+    expected = {(): [[0, 0, 0], [0, 0, 0]], (0.6, 0.7): [[1, 0, 0], [1, 1, 0]]}  # class 0 = NT, 1 = background
+    for ious, want in expected.items():
+        cfg = small_cfg("nt_lcf_bv.yaml", **grids, **{"MODEL.VOTING.REMATCH_IOU_PER_LEVEL": list(ious)})
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        head = model.roi_heads
+        for level in (1, 2):
+            proposals = Instances((H, W))
+            proposals.proposal_boxes = Boxes(torch.tensor(boxes))
+            with EventStorage():
+                labelled = CascadeROIHeads._match_and_label_boxes(head, [proposals], level, [nt_instances([gt])])
+            assert labelled[0].gt_classes.tolist() == want[level - 1], (ious, level)
+
+    # in training: each later level's labels against the previous level's boxes, from proposals
+    # on the NT, 1 to 3.5 times its size (an untrained level shrinks its input box, so that the
+    # previous level's boxes have IoUs on both sides of 0.6 and 0.7)
+    cfg = small_cfg("nt_lcf_bv.yaml", **grids, **{"MODEL.VOTING.REMATCH_IOU_PER_LEVEL": [0.6, 0.7]})
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    data = batch(with_negative=False)[:1]
+    gt_box = data[0]["instances"].gt_boxes.tensor[0].tolist()
+    cx, cy, w, h = (gt_box[0] + gt_box[2]) / 2, (gt_box[1] + gt_box[3]) / 2, gt_box[2] - gt_box[0], gt_box[3] - gt_box[1]
+    scales = [(sw, sh) for sw in torch.linspace(1.0, 3.5, 26).tolist() for sh in (1.0, 1.4, 1.8)]
+    proposals = Instances((H, W))
+    proposals.proposal_boxes = Boxes(torch.tensor([[cx - sw * w / 2, cy - sh * h / 2, cx + sw * w / 2, cy + sh * h / 2]
+                                                   for sw, sh in scales]))
+    with torch.no_grad(), EventStorage():
+        features = model.backbone(model.preprocess_image(data).tensor)
+        outputs, level_proposals = model.roi_heads.run_levels(features, [proposals], [data[0]["instances"]])
+    between = 0
+    for level, threshold in ((1, 0.6), (2, 0.7)):
+        ious = [_iou(b, gt_box) for b in outputs[level - 1].pred_boxes.tolist()]
+        between += sum(0.5 <= iou < threshold for iou in ious)
+        assert level_proposals[level][0].gt_classes.tolist() == [0 if iou >= threshold else 1 for iou in ious], level
+    assert between >= 3, "no input box between 0.5 and the level's threshold: the check would not see 0.5"

@@ -258,6 +258,12 @@ def _add_voting_model_config(cfg: CN) -> None:
     # level re-matches its labels (cascade style); the first level uses
     # MODEL.ROI_HEADS.IOU_THRESHOLDS through detectron2's sampling.
     v.REMATCH_IOU = 0.5
+    # One such threshold per later level (len(LEVELS) - 1 values), rising
+    # like Cascade R-CNN's stages (detectron2's ROI_BOX_CASCADE_HEAD.IOUS
+    # 0.5, 0.6, 0.7), so that the last level's classifier, which gives the
+    # score, prefers the better-fitting of two boxes on the same NT.
+    # [] = REMATCH_IOU at every later level. Tuning trial 12.
+    v.REMATCH_IOU_PER_LEVEL = []
     # Trace-back (Eq. 3): Rc threshold tau (0 = the paper) and unit-mass normalisation.
     v.TRACE_TAU = 0.0
     v.TRACE_NORMALIZE = False
@@ -377,6 +383,15 @@ def validate_voting_config(cfg: CN) -> None:
         _fail("MODEL.VOTING.TEST_SCORE", f"must be one of {', '.join(map(repr, TEST_SCORES))}, got {v.TEST_SCORE!r}")
     if not isinstance(v.BORDER_READOUT_WINDOW, int) or v.BORDER_READOUT_WINDOW < 0:
         _fail("MODEL.VOTING.BORDER_READOUT_WINDOW", f"must be a whole number of cells >= 0 (0 = the soft-argmax), got {v.BORDER_READOUT_WINDOW!r}")
+    for key, values in (("REMATCH_IOU", [v.REMATCH_IOU]), ("REMATCH_IOU_PER_LEVEL", list(v.REMATCH_IOU_PER_LEVEL))):
+        if any(not 0.0 < float(x) < 1.0 for x in values):
+            _fail(f"MODEL.VOTING.{key}", f"IoU thresholds must be in (0, 1), got {values}")
+    if v.REMATCH_IOU_PER_LEVEL and len(v.REMATCH_IOU_PER_LEVEL) != len(v.LEVELS) - 1:
+        _fail(
+            "MODEL.VOTING.REMATCH_IOU_PER_LEVEL",
+            f"needs one IoU per level after the first ({len(v.LEVELS) - 1} for {list(v.LEVELS)}), "
+            f"got {list(v.REMATCH_IOU_PER_LEVEL)}; [] uses REMATCH_IOU for each",
+        )
     if v.LOSS_WEIGHT_BORDER < 0:
         _fail("MODEL.VOTING.LOSS_WEIGHT_BORDER", f"must be >= 0, got {v.LOSS_WEIGHT_BORDER}")
     out_features = set(cfg.MODEL.RESNETS.OUT_FEATURES)

@@ -9,7 +9,7 @@ It follows detectron2's ``CascadeROIHeads``: labels ride on the proposals'
 ``Instances``, each later level re-matches its input boxes to the ground
 truth with ``_match_and_label_boxes``.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +76,8 @@ class VotingROIHeads(ROIHeads):
     Training: detectron2 labels and samples the RPN proposals; the first level
     votes inside each proposal x_p, giving x_p'; each later level votes inside
     the previous level's box (detached) with its labels re-matched against it
-    (IoU >= ``MODEL.VOTING.REMATCH_IOU``). Losses per level: cross-entropy,
+    (IoU >= ``MODEL.VOTING.REMATCH_IOU``, or per level
+    ``REMATCH_IOU_PER_LEVEL``). Losses per level: cross-entropy,
     smooth-L1 on the centre offset and log size change relative to the level's
     input box, and a heatmap term (p against a Gaussian at the true centre).
     With the context branch: its Fast R-CNN losses on the proposals and the
@@ -93,7 +94,7 @@ class VotingROIHeads(ROIHeads):
         self,
         *,
         levels: Sequence[VotingLevel],
-        rematch_iou: float,
+        rematch_iou: Union[float, Sequence[float]],
         loss_weights: Dict[str, float],
         smooth_l1_beta: float,
         heatmap_sigma: Tuple[float, float],
@@ -116,7 +117,8 @@ class VotingROIHeads(ROIHeads):
             levels: the voting levels, coarse to fine (each has a ``name``,
                 the feature map it reads).
             rematch_iou: IoU a later level's input box needs to a ground
-                truth box to be foreground.
+                truth box to be foreground: one for every later level, or a
+                sequence of one per later level (rising, as Cascade R-CNN's).
             loss_weights: per-level loss weights, keys cls, centre, size, heatmap,
                 border, box_giou (0 leaves that term out).
             smooth_l1_beta: of every smooth-L1 term.
@@ -138,8 +140,12 @@ class VotingROIHeads(ROIHeads):
         """
         super().__init__(**kwargs)
         self.levels = nn.ModuleList(levels)
+        if isinstance(rematch_iou, (int, float)):
+            rematch_iou = [float(rematch_iou)] * (len(levels) - 1)
+        if len(rematch_iou) != len(levels) - 1:
+            raise ValueError(f"rematch_iou needs one IoU per level after the first ({len(levels) - 1}), got {list(rematch_iou)}")
         self.proposal_matchers = [None] + [
-            Matcher([rematch_iou], [0, 1], allow_low_quality_matches=False) for _ in levels[1:]
+            Matcher([float(iou)], [0, 1], allow_low_quality_matches=False) for iou in rematch_iou
         ]
         self.loss_weights = {"border": 1.0, "box_giou": 0.0, **loss_weights}
         self.smooth_l1_beta = smooth_l1_beta
@@ -204,7 +210,7 @@ class VotingROIHeads(ROIHeads):
             context_head = build_context_head(cfg, input_shape[c.IN_FEATURE])
         ret.update(
             levels=levels,
-            rematch_iou=v.REMATCH_IOU,
+            rematch_iou=list(v.REMATCH_IOU_PER_LEVEL) or v.REMATCH_IOU,
             loss_weights={
                 "cls": v.LOSS_WEIGHT_CLS,
                 "centre": v.LOSS_WEIGHT_CENTRE,
