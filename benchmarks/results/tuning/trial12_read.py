@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Tuning trial 12's tables (README, trial 12): the rule's pooled comparison
+through tools/compare_evals.py, and beside it how often the top-1 box misses
+while a box at rank 2 or 3 hits (IoU > 0.5), per arm.
+
+    .venv/bin/python benchmarks/results/tuning/trial12_read.py --seeds 0      # interim, after seed 0
+    .venv/bin/python benchmarks/results/tuning/trial12_read.py --seeds 1      # seed 1 alone (rule b)
+    .venv/bin/python benchmarks/results/tuning/trial12_read.py --seeds 0 1    # the decision (rule a, c)
+
+Control seed 0 = Table 1's Proposed-BV (benchmarks/results/runs), seed 1 =
+output/trial7_s1; trial 12 seed 0 = output/trial12, seed 1 = output/trial12_s1.
+"""
+import argparse
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, REPO)
+
+from voting_det.evaluation import load_records  # noqa: E402
+
+ROOTS = {
+    ("control", 0): "benchmarks/results/runs",
+    ("control", 1): "output/trial7_s1",
+    ("trial12", 0): "output/trial12",
+    ("trial12", 1): "output/trial12_s1",
+}
+FPN = "benchmarks/results/runs"
+
+
+def folder(root, method, fold):
+    base = f"{root}/cpu/nt_real/{method}/fold{fold}/eval/inference/nt_real_fold{fold}_val"
+    return base
+
+
+def iou(a, b):
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def rank_misses(folders):
+    """(positive images, top-1 misses, of which a rank-2/3 box hits)."""
+    positives = misses = lower_hit = 0
+    for path in folders:
+        _, _, images = load_records(os.path.join(REPO, path, "nt_detections.json"))
+        for im in images:
+            if not im["gt"]:
+                continue
+            positives += 1
+            best = [max((iou(b, g) for g in im["gt"]), default=0.0) for b in im["boxes"][:3]]
+            if not best or best[0] <= 0.5:
+                misses += 1
+                lower_hit += any(x > 0.5 for x in best[1:])
+    return positives, misses, lower_hit
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    units = [(seed, fold) for seed in args.seeds for fold in (1, 2)]
+    tag = "+".join(str(s) for s in args.seeds)
+    arms = [
+        (f"Proposed-BV, seeds {tag}", [folder(ROOTS[("control", s)], "proposed_bv", f) for s, f in units]),
+        (f"Proposed-BV + rising IoUs 0.6/0.7, seeds {tag}", [folder(ROOTS[("trial12", s)], "proposed_bv", f) for s, f in units]),
+        (f"FPN R18 (Table 1, seed 0, reference; repeated per seed)", [folder(FPN, "fpn_R18", f) for s, f in units]),
+    ]
+    cmd = [sys.executable, os.path.join(REPO, "tools/compare_evals.py")]
+    cmd += [f"{label}={':'.join(paths)}" for label, paths in arms] + ["--per-folder-ids", "--out", args.out]
+    subprocess.run(cmd, check=True, cwd=REPO)
+    with open(args.out, "a") as f:
+        f.write("\n## Top-1 misses with a hit at rank 2 or 3 (trial 12's diagnosis)\n\n")
+        f.write(f"Command: `python benchmarks/results/tuning/trial12_read.py --seeds {' '.join(map(str, args.seeds))} --out {args.out}`\n\n")
+        f.write("| arm | positive units | top-1 misses | of which rank 2-3 hits |\n|---|---|---|---|\n")
+        for label, paths in arms:
+            p, m, h = rank_misses(paths)
+            f.write(f"| {label} | {p} | {m} | {h} |\n")
+    print(open(args.out).read())
+
+
+if __name__ == "__main__":
+    main()
