@@ -18,13 +18,16 @@ _LOADED = {}
 
 
 def load_tool(name):
-    """``tools/<name>.py`` as a module (loaded once per process)."""
-    if name not in _LOADED:
-        spec = importlib.util.spec_from_file_location(f"cli_tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
+    """``tools/<name>.py`` as a module (loaded once per process); ``name`` may
+    also be a script's path relative to the repository (``tools/predict.py``)."""
+    path = os.path.join(REPO, name) if name.endswith(".py") else os.path.join(REPO, "tools", f"{name}.py")
+    if path not in _LOADED:
+        stem = os.path.splitext(os.path.relpath(path, REPO))[0].replace(os.sep, "_")
+        spec = importlib.util.spec_from_file_location(f"cli_tool_{stem}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        _LOADED[name] = module
-    return _LOADED[name]
+        _LOADED[path] = module
+    return _LOADED[path]
 
 
 def run_tool_output(capsys, name, *argv):

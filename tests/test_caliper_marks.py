@@ -7,7 +7,6 @@ real captures were (cv2.imencode, 4:2:0 chroma) with noise, so the locator is
 checked against positions it never saw, not against its own earlier output.
 """
 import csv
-import importlib.util
 import json
 import os
 
@@ -29,7 +28,8 @@ from benchmarks.caliper_marks import (
 )
 from benchmarks.calipers import COLOUR_THRESHOLD, OUTLINE_THRESHOLD, PLUS_THRESHOLD, caliper_evidence
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .helpers import load_tool
+
 H, W = 240, 360
 TOP_LINE, BOTTOM_LINE = 112, 134  # first rows of the bright lines around the NT
 NT_BOX = (110, 104, 290, 144)  # x0, y0, x1, y1: the NT with its lines, as the annotators drew it
@@ -294,14 +294,6 @@ def test_depth_scale_step_is_measured():
 # ----------------------------------------------------------------- the tool
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "extract_caliper_reference", os.path.join(REPO, "tools", "extract_caliper_reference.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tool_writes_the_reference(tmp_path):
     from PIL import Image
 
@@ -323,7 +315,7 @@ def test_tool_writes_the_reference(tmp_path):
     eye = tmp_path / "eye.csv"
     eye.write_text("file_name,verdict,note\na.png,right,\nb.png,ambiguous,faint\n")
     out = tmp_path / "ref.csv"
-    tool = _load_tool()
+    tool = load_tool("extract_caliper_reference")
     code = tool.main(["--coco", str(coco), "--out", str(out), "--no-ocr", "--sheets", str(tmp_path / "sheets"),
                       "--eye-check", str(eye)])
     assert code == 0

@@ -9,7 +9,6 @@ are not calipers (white text-like strokes, depth-scale dots, a coloured logo)
 away from the NT.
 """
 import csv
-import importlib.util
 import json
 import os
 
@@ -29,7 +28,8 @@ from benchmarks.calipers import (
 )
 from voting_det.data.spreadsheet import write_object_detection_xlsx
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .helpers import load_tool
+
 H, W = 240, 320
 NT_BOX = (100, 110, 220, 140)  # x0, y0, x1, y1 around the dark band
 CALIPER_X = 160
@@ -225,15 +225,8 @@ def tiny_folder(tmp_path_factory):
     return root
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("tool_flag_calipers", os.path.join(REPO, "tools", "flag_calipers.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_flag_calipers_tool(tiny_folder, tmp_path, capsys):
-    tool = _tool()
+    tool = load_tool("flag_calipers")
     out = tmp_path / "flags.json"
     labels = tiny_folder / "labels.csv"
     assert tool.main(["--root", str(tiny_folder), "--out", str(out), "--check", str(labels)]) == 0

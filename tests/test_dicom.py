@@ -28,6 +28,8 @@ from voting_det.data.image_io import (  # noqa: E402
 from voting_det.engine.checkpoint import SafeCheckpointer  # noqa: E402
 from voting_det.inference import list_images, predict_images, read_predictions  # noqa: E402
 
+from .helpers import load_tool  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREDICT = os.path.join(REPO, "tools", "predict.py")
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"  # Ultrasound Image Storage
@@ -517,7 +519,7 @@ def test_predict_tool_on_dicom_writes_thickness_mm_from_the_files_spacing(measur
 
     # --pixel-spacing wins over the files' spacing; --frame picks one frame of the cine
     out2 = tmp_path / "p2.csv"
-    code = cli.exit_code(_predict_main(), ["--config-file", config, "--input", str(images), "--output", str(out2),
+    code = cli.exit_code(load_tool("predict").main, ["--config-file", config, "--input", str(images), "--output", str(out2),
                                            "--pixel-spacing", "0.5", "--frame", "1", "--no-progress",
                                            "MODEL.WEIGHTS", weights])
     assert code == 0
@@ -528,24 +530,14 @@ def test_predict_tool_on_dicom_writes_thickness_mm_from_the_files_spacing(measur
         assert r["thickness_mm"] == pytest.approx(r["thickness_px"] * 0.5, abs=_rounding(0.5))
 
 
-def _predict_main():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("dicom_test_predict_tool", PREDICT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def test_predict_tool_refuses_a_negative_frame(capsys):
-    code = cli.exit_code(_predict_main(), ["--config-file", "x.yaml", "--input", ".", "--output", "p.csv",
+    code = cli.exit_code(load_tool("predict").main, ["--config-file", "x.yaml", "--input", ".", "--output", "p.csv",
                                            "--frame", "-1"])
     assert code == cli.EXIT_USER_ERROR and "--frame -1" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_explain_tool_on_a_cine_frame_uses_the_files_spacing(measuring_model, tmp_path):
-    import importlib.util
     import json
 
     config, weights = measuring_model
@@ -553,9 +545,7 @@ def test_explain_tool_on_a_cine_frame_uses_the_files_spacing(measuring_model, tm
     images.mkdir()
     frames = np.stack([pattern(seed=s) for s in range(3)])
     write_dicom(images / "cine.dcm", frames, regions=[region(0, 0, W - 1, H - 1, 0.015, 0.025)])
-    spec = importlib.util.spec_from_file_location("dicom_test_explain_tool", os.path.join(REPO, "tools", "explain.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool("explain")
     argv = ["--config-file", config, "--input", str(images), "--output", str(tmp_path / "out"), "--frame", "2",
             "--detections", "1", "--no-progress", "MODEL.WEIGHTS", weights]
     code = cli.exit_code(module.main, argv)

@@ -6,7 +6,6 @@ SafeCheckpointer): the exported files' boxes, scores, classes (and borders)
 on the synthetic test images, and on images of another size than the one
 traced, must equal them within the stated tolerance."""
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -39,6 +38,8 @@ from voting_det.export import (
     within_tolerance,
 )
 
+from .helpers import load_tool
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"ls": "nt_ls.yaml", "lcf": "nt_lcf.yaml", "proposed": "nt_voting.yaml", "proposed_bv": "nt_voting_bv.yaml"}
 TINY = ["MODEL.DEVICE", "cpu", "MODEL.VOTING.NUM_PRIMITIVES", "4",
@@ -49,18 +50,11 @@ TINY = ["MODEL.DEVICE", "cpu", "MODEL.VOTING.NUM_PRIMITIVES", "4",
 NUM_IMAGES = 3
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("tool_export_model", os.path.join(REPO, "tools", "export_model.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_tool(capsys, *argv):
     """Exit code, stdout and stderr of ``tools/export_model.py argv`` run by its guard, in this process."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
-        cli.run_tool(_tool().main, [str(a) for a in argv])
+        cli.run_tool(load_tool("export_model").main, [str(a) for a in argv])
     captured = capsys.readouterr()
     return exit_.value.code, captured.out, captured.err
 

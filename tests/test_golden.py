@@ -167,7 +167,7 @@ def test_outputs_equal_the_recorded_golden(method):
     golden = torch.load(GOLDEN, weights_only=True)[method]
     now = run(method)
     assert sorted(now) == sorted(golden), "the set of losses / fields changed"
-    assert len(golden[f"image0/scores"]) > 0, "the golden holds no detection to compare"
+    assert len(golden["image0/scores"]) > 0, "the golden holds no detection to compare"
     for name, expected in golden.items():
         got = now[name]
         assert got.shape == expected.shape, name

@@ -3,7 +3,6 @@ three tools) on crafted inputs and a tiny untrained model: the trace against
 hand computation, JSON round trip, the intervention of the deletion test,
 panels, atlas and faithfulness outputs, errors that name what to fix."""
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -35,17 +34,12 @@ from voting_det.interpretation.faithfulness import (
 from voting_det.modeling import VotingLevel
 from voting_det.modeling import enlarge_boxes, mask_primitives, trace_back
 
+from .helpers import load_tool
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "configs")
 K = 4
 TINY_SEED = 3  # the generator seed of conftest's tiny_nt_set
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_cfg(test_set="tiny_nt_fold0_test", **overrides):
@@ -328,7 +322,7 @@ def _not_blank(path, width=None):
 @pytest.mark.slow
 def test_explain_tool_panel_json_any_input_and_no_overwrite(tiny_model, tiny_nt_set, tmp_path):
     config, weights = tiny_model
-    explain = _tool("explain")
+    explain = load_tool("explain")
     out = tmp_path / "explained"
     argv = ["--config-file", config, "--dataset", f"{tiny_nt_set[0]}_fold0_test", "--num-images", "1",
             "--output", str(out), "--top", "1", "--no-progress", "MODEL.WEIGHTS", weights]
@@ -457,7 +451,7 @@ def test_deletion_test_of_a_border_voting_model_ranks_and_measures_the_borders(t
 def test_atlas_tool_writes_linked_pages(tiny_model, tiny_nt_set, tmp_path):
     config, weights = tiny_model
     out = tmp_path / "atlas"
-    _tool("primitive_atlas").main(["--config-file", config, "--dataset", f"{tiny_nt_set[0]}_fold0_test",
+    load_tool("primitive_atlas").main(["--config-file", config, "--dataset", f"{tiny_nt_set[0]}_fold0_test",
                                    "--num-images", "2", "--patches", "2", "--summary-primitives", "1",
                                    "--rank-by", "share", "--output", str(out), "--no-progress",
                                    "MODEL.WEIGHTS", weights])
@@ -479,7 +473,7 @@ def test_faithfulness_tool_writes_json_png_and_summary(tiny_model, tiny_nt_set, 
     argv = ["--config-file", config, "--dataset", f"{tiny_nt_set[0]}_fold0_test", "--num-images", "1",
             "--draws", "2", "--shift-px", "4", "--synthetic-seed", str(TINY_SEED), "--speckle-draws", "1",
             "--output", str(out), "--no-progress", "MODEL.WEIGHTS", weights]
-    _tool("faithfulness").main(argv)
+    load_tool("faithfulness").main(argv)
     result = json.loads((out / "faithfulness.json").read_text())
     deletion = result["deletion"]
     assert deletion["mu"] == pytest.approx(0.5) and deletion["num_images"] == 1
@@ -494,4 +488,4 @@ def test_faithfulness_tool_writes_json_png_and_summary(tiny_model, tiny_nt_set, 
     assert "mu = 0.500" in (out / "summary.md").read_text()
     _not_blank(out / "faithfulness.png")
     with pytest.raises(FileExistsError):
-        _tool("faithfulness").main(argv)
+        load_tool("faithfulness").main(argv)

@@ -13,6 +13,8 @@ from sklearn.metrics import roc_auc_score
 from voting_det.evaluation import NTEvaluator, SettingsMismatchError, check_same_settings, evaluate_records, load_records
 from voting_det.evaluation import metrics as M
 
+from .helpers import load_tool
+
 GT = [10.0, 10.0, 30.0, 20.0]  # 20 x 10, centre (20, 15)
 
 
@@ -292,18 +294,8 @@ def test_top1_size_ratios_by_hand():
     assert np.isnan(ratios[1]).all()
 
 
-def _compare_evals_tool():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("compare_evals", os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "compare_evals.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 def test_compare_evals_tool_pairs_images_and_refuses_other_images(tmp_path, capsys):
-    tool = _compare_evals_tool()
+    tool = load_tool("compare_evals")
     gt = [[100, 100, 300, 140]]
     settings = {"match_iou": 0.5, "paper_top_n": 10}
     good = [rec(gt, [([100, 100, 300, 140], 0.9)], i) for i in range(4)]
@@ -346,7 +338,7 @@ def test_compare_evals_pools_folders_of_different_images(tmp_path, capsys):
     """Two validation splits pooled (FOLDER:FOLDER): the pooled top-1 accuracy
     counts every image once; pooling one image twice or pooling evaluations
     made with other settings is refused."""
-    tool = _compare_evals_tool()
+    tool = load_tool("compare_evals")
     gt = [[100, 100, 300, 140]]
     settings = {"match_iou": 0.5, "paper_top_n": 10}
     hit = lambda i: rec(gt, [([100, 100, 300, 140], 0.9)], i)  # noqa: E731
@@ -382,7 +374,7 @@ def test_compare_evals_per_folder_ids_pairs_overlapping_splits_folder_by_folder(
     splits, evaluated by each fold's own model. Refused by default; with
     --per-folder-ids it counts once per folder, paired with the same folder
     position of the other argument (hand count: A 3 of 4, B 1 of 4)."""
-    tool = _compare_evals_tool()
+    tool = load_tool("compare_evals")
     gt = [[100, 100, 300, 140]]
     settings = {"match_iou": 0.5, "paper_top_n": 10}
     hit = lambda i: rec(gt, [([100, 100, 300, 140], 0.9)], i)  # noqa: E731

@@ -4,7 +4,6 @@ docs/reliability.md's) shell blocks runs as written from a clean checkout after
 ``[...]`` parts, put their options before the ``KEY VALUE`` overrides and parse
 with the tool's own parser (in this process, no model built); a config file of
 the repository they name loads with their overrides; ``make`` targets exist."""
-import importlib.util
 import os
 import re
 import shlex
@@ -12,6 +11,8 @@ import shlex
 import pytest
 
 from voting_det import cli
+
+from .helpers import load_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCUMENTS = ("README.md", "docs/reliability.md")
@@ -53,14 +54,6 @@ TOOL_COMMANDS = [(where, tokens) for where, tokens in COMMANDS if len(tokens) > 
 MAKE_COMMANDS = [(where, tokens) for where, tokens in COMMANDS if tokens[0] == "make"]
 
 
-def _tool(script):
-    name = os.path.basename(script)[:-3]
-    spec = importlib.util.spec_from_file_location(f"readme_tool_{name}", os.path.join(REPO, script))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_documents_have_commands():
     assert len(TOOL_COMMANDS) >= 8 and len(MAKE_COMMANDS) >= 5
     assert all(tokens[0] in (PYTHON, "make") for _, tokens in COMMANDS), COMMANDS
@@ -78,7 +71,7 @@ def test_tool_command_parses_with_the_tools_own_parser(where, tokens, capsys, mo
     assert tokens[0] == PYTHON, f"{where}: use {PYTHON} (no activation step is assumed)"
     assert not any(t.startswith("[") for t in tokens), f"{where}: an optional [...] part in a command to copy"
     assert os.path.isfile(os.path.join(REPO, tokens[1])), where
-    tool = _tool(tokens[1])
+    tool = load_tool(tokens[1])
     with pytest.raises(SystemExit) as exit_:  # the tool's --help, in this process
         tool.main(["--help"])
     assert exit_.value.code == 0

@@ -13,6 +13,7 @@ import pytest
 from benchmarks import thickness as th
 
 from .test_measurement import LINE_PX, phantom
+from .helpers import load_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (inner top, inner bottom) of each drawn NT: thickness 10, 16 and 7 px
@@ -70,12 +71,8 @@ def test_the_check_measures_each_top1_box_against_the_reference(tmp_path):
 
 
 def test_the_tool_writes_tables_rows_and_the_plot(tmp_path):
-    import importlib.util
-
     runs, ref, images = _fake_run(tmp_path)
-    spec = importlib.util.spec_from_file_location("evaluate_thickness", os.path.join(REPO, "tools", "evaluate_thickness.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("evaluate_thickness")
     out = tmp_path / "out"
     tool.main(["--runs", str(runs), "--dataset", "phantom", "--methods", "proposed", "--folds", "0", "1",
                "--reference", str(ref), "--out", str(out), "--keep-marks"])

@@ -17,7 +17,6 @@ model's result before the drag (docs/images/viewer.png: make viewer-screenshot).
 import csv
 import io
 import os
-import shutil
 import socket
 import subprocess
 import sys
