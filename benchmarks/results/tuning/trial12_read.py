@@ -8,7 +8,9 @@ while a box at rank 2 or 3 hits (IoU > 0.5), per arm.
     .venv/bin/python benchmarks/results/tuning/trial12_read.py --seeds 0 1    # the decision (rule a, c)
 
 Control seed 0 = Table 1's Proposed-BV (benchmarks/results/runs), seed 1 =
-output/trial7_s1; trial 12 seed 0 = output/trial12, seed 1 = output/trial12_s1.
+output/trial7_s1; trial 12 seed 0 = output/trial12, seed 1 = output/trial12_s1;
+each read from its archived copy under benchmarks/results/tuning/runs once
+that exists.
 """
 import argparse
 import os
@@ -20,18 +22,24 @@ sys.path.insert(0, REPO)
 
 from voting_det.evaluation import load_records  # noqa: E402
 
-ROOTS = {
-    ("control", 0): "benchmarks/results/runs",
-    ("control", 1): "output/trial7_s1",
-    ("trial12", 0): "output/trial12",
-    ("trial12", 1): "output/trial12_s1",
+TUNING = "benchmarks/results/tuning/runs"
+# (arm, seed) -> (archived copy of the validation evaluation, the run's own output); {k} = fold
+FOLDERS = {
+    ("control", 0): ("benchmarks/results/runs/cpu/nt_real/proposed_bv/fold{k}/eval/inference/nt_real_fold{k}_val", None),
+    ("control", 1): (f"{TUNING}/trial7_s1/proposed_bv_seed1/fold{{k}}", "output/trial7_s1"),
+    ("trial12", 0): (f"{TUNING}/trial12/proposed_bv_rising_iou_seed0/fold{{k}}", "output/trial12"),
+    ("trial12", 1): (f"{TUNING}/trial12/proposed_bv_rising_iou_seed1/fold{{k}}", "output/trial12_s1"),
+    ("fpn", 0): ("benchmarks/results/runs/cpu/nt_real/fpn_R18/fold{k}/eval/inference/nt_real_fold{k}_val", None),
 }
-FPN = "benchmarks/results/runs"
 
 
-def folder(root, method, fold):
-    base = f"{root}/cpu/nt_real/{method}/fold{fold}/eval/inference/nt_real_fold{fold}_val"
-    return base
+def folder(arm, seed, fold):
+    """The archived evaluation folder when it exists, else the run's own."""
+    archived, root = FOLDERS[(arm, seed)]
+    archived = archived.format(k=fold)
+    if os.path.isdir(os.path.join(REPO, archived)) or root is None:
+        return archived
+    return f"{root}/cpu/nt_real/proposed_bv/fold{fold}/eval/inference/nt_real_fold{fold}_val"
 
 
 def iou(a, b):
@@ -65,9 +73,9 @@ def main():
     units = [(seed, fold) for seed in args.seeds for fold in (1, 2)]
     tag = "+".join(str(s) for s in args.seeds)
     arms = [
-        (f"Proposed-BV, seeds {tag}", [folder(ROOTS[("control", s)], "proposed_bv", f) for s, f in units]),
-        (f"Proposed-BV + rising IoUs 0.6/0.7, seeds {tag}", [folder(ROOTS[("trial12", s)], "proposed_bv", f) for s, f in units]),
-        (f"FPN R18 (Table 1, seed 0, reference; repeated per seed)", [folder(FPN, "fpn_R18", f) for s, f in units]),
+        (f"Proposed-BV, seeds {tag}", [folder("control", s, f) for s, f in units]),
+        (f"Proposed-BV + rising IoUs 0.6/0.7, seeds {tag}", [folder("trial12", s, f) for s, f in units]),
+        ("FPN R18 (Table 1, seed 0, reference; repeated per seed)", [folder("fpn", 0, f) for s, f in units]),
     ]
     cmd = [sys.executable, os.path.join(REPO, "tools/compare_evals.py")]
     cmd += [f"{label}={':'.join(paths)}" for label, paths in arms] + ["--per-folder-ids", "--out", args.out]
