@@ -16,7 +16,8 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 
-from tests.test_interpretation import _tool, tiny_cfg
+from tests.helpers import load_tool
+from tests.test_interpretation import tiny_cfg
 from voting_det import add_voting_config
 from voting_det.config import EXPLAIN_RANKINGS
 from voting_det.interpretation import Explainer, image_trace, load_image, render_panel
@@ -260,7 +261,7 @@ def test_specificity_tool_writes_the_reference_json_and_summary(tiny_nt_set, tin
             "--reference-dataset", f"{tiny_nt_set[0]}_fold0_train", "--reference-images", "2", "--write-reference",
             "--reference", str(reference), "--stability-images", "1", "--shift-px", "4", "--deletion-images", "1",
             "--draws", "1", "--output", str(tmp_path / "out"), "--no-progress", "MODEL.WEIGHTS", str(tiny_weights)]
-    _tool("explanation_specificity").main(argv)
+    load_tool("explanation_specificity").main(argv)
     assert json.loads(reference.read_text())["num_images"] == 2
     result = json.loads((tmp_path / "out" / "specificity.json").read_text())
     assert json.loads((tmp_path / "out" / "table.json").read_text())["table"] == result["table"]
@@ -268,5 +269,5 @@ def test_specificity_tool_writes_the_reference_json_and_summary(tiny_nt_set, tin
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| res3 | contrastive |" in summary and "specificity index" in summary
     with pytest.raises(FileExistsError):
-        _tool("explanation_specificity").main(argv)
+        load_tool("explanation_specificity").main(argv)
     assert math.isfinite(result["table"]["res4"]["contribution"]["between"])
