@@ -21,6 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 sys.path.insert(0, REPO)
 
 from voting_det.evaluation import load_records  # noqa: E402
+from voting_det.evaluation.metrics import box_iou  # noqa: E402
 
 TUNING = "benchmarks/results/tuning/runs"
 # (arm, seed) -> (archived copy of the validation evaluation, the run's own output); {k} = fold
@@ -42,13 +43,6 @@ def folder(arm, seed, fold):
     return f"{root}/cpu/nt_real/proposed_bv/fold{fold}/eval/inference/nt_real_fold{fold}_val"
 
 
-def iou(a, b):
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
 def rank_misses(folders):
     """(positive images, top-1 misses, of which a rank-2/3 box hits)."""
     positives = misses = lower_hit = 0
@@ -58,7 +52,8 @@ def rank_misses(folders):
             if not im["gt"]:
                 continue
             positives += 1
-            best = [max((iou(b, g) for g in im["gt"]), default=0.0) for b in im["boxes"][:3]]
+            # the evaluator's own IoU, each of the top 3 boxes against its best ground truth
+            best = box_iou(im["boxes"][:3], im["gt"]).max(axis=1).tolist() if im["boxes"] else []
             if not best or best[0] <= 0.5:
                 misses += 1
                 lower_hit += any(x > 0.5 for x in best[1:])
