@@ -203,6 +203,8 @@ def test_every_config_parses_and_builds(config):
         ("MODEL.VOTING.REMATCH_IOU_PER_LEVEL", [0.6, 0.7], "MODEL.VOTING.REMATCH_IOU_PER_LEVEL"),  # 2 levels: one IoU
         ("MODEL.VOTING.REMATCH_IOU_PER_LEVEL", [1.2], "MODEL.VOTING.REMATCH_IOU_PER_LEVEL"),
         ("MODEL.VOTING.REMATCH_IOU", 0.0, "MODEL.VOTING.REMATCH_IOU"),
+        ("MODEL.VOTING.LOSS_WEIGHT_IOU", -1.0, "MODEL.VOTING.LOSS_WEIGHT_IOU"),
+        ("MODEL.VOTING.LOSS_WEIGHT_BOX_GIOU", -0.5, "MODEL.VOTING.LOSS_WEIGHT_BOX_GIOU"),
     ],
 )
 def test_bad_config_names_the_key(key, value, message):

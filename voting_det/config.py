@@ -239,6 +239,14 @@ def _add_voting_model_config(cfg: CN) -> None:
     # (a scale-free box term beside the centre, size and border terms);
     # 0 = off, the paper's losses only. Tuning trial 8.
     v.LOSS_WEIGHT_BOX_GIOU = 0.0
+    # Weight of an IoU-prediction branch (IoU-aware scoring, as IoU-aware
+    # RetinaNet and VarifocalNet): > 0 gives every level a linear layer on FC_L's
+    # features that predicts the IoU of the level's own box with the true box
+    # (binary cross-entropy against that IoU, foreground only), and at inference
+    # each class score becomes sqrt(score x the last level's predicted IoU), so
+    # that of two boxes on the same NT the better-fitting one ranks first.
+    # 0 = off, no branch (the paper's score). Tuning trial 13.
+    v.LOSS_WEIGHT_IOU = 0.0
     # At inference, read each voted border as the soft-argmax over the cells
     # within this many cells of its most probable cell (the whole-axis
     # soft-argmax is pulled toward the crop's middle, which shortens boxes).
@@ -392,8 +400,9 @@ def validate_voting_config(cfg: CN) -> None:
             f"needs one IoU per level after the first ({len(v.LEVELS) - 1} for {list(v.LEVELS)}), "
             f"got {list(v.REMATCH_IOU_PER_LEVEL)}; [] uses REMATCH_IOU for each",
         )
-    if v.LOSS_WEIGHT_BORDER < 0:
-        _fail("MODEL.VOTING.LOSS_WEIGHT_BORDER", f"must be >= 0, got {v.LOSS_WEIGHT_BORDER}")
+    for key in ("LOSS_WEIGHT_BORDER", "LOSS_WEIGHT_BOX_GIOU", "LOSS_WEIGHT_IOU"):
+        if v.get(key) < 0:
+            _fail(f"MODEL.VOTING.{key}", f"must be >= 0 (0 = off), got {v.get(key)}")
     out_features = set(cfg.MODEL.RESNETS.OUT_FEATURES)
     missing = [lvl for lvl in v.LEVELS if lvl not in out_features]
     if missing:

@@ -19,6 +19,7 @@ from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, ROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes, Instances
+from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss, smooth_l1_loss
 from torch import Tensor, nn
@@ -30,7 +31,7 @@ from .grid import image_to_grid
 from .voting import gaussian_heatmap_target, heatmap_loss, temperature
 from .voting_level import LevelOutput, VotingLevel, box_deltas
 
-__all__ = ["CONTEXT_FEATURES", "TRACE_PREFIX", "VotingROIHeads", "fuse_predictions"]
+__all__ = ["CONTEXT_FEATURES", "TRACE_PREFIX", "VotingROIHeads", "fuse_predictions", "iou_aware_probabilities"]
 
 # Key of the context backbone's feature map in the features dict the
 # meta-architecture hands to the ROI head.
@@ -48,6 +49,15 @@ def fuse_predictions(mu: Tensor, local_boxes: Tensor, local_probs: Tensor, globa
     boxes = mu * local_boxes + (1 - mu) * global_boxes
     probs = mu * local_probs + (1 - mu) * global_probs
     return boxes, probs
+
+
+def iou_aware_probabilities(probs: Tensor, iou_logits: Tensor) -> Tensor:
+    """IoU-aware scoring (MODEL.VOTING.LOSS_WEIGHT_IOU > 0): each class
+    probability becomes the geometric mean of it and the predicted IoU,
+    ``sqrt(p_c * sigmoid(iou_logit))``; the background column (last) is kept.
+    ``probs`` (R, C+1), ``iou_logits`` (R,)."""
+    iou = torch.sigmoid(iou_logits)[:, None]
+    return torch.cat([torch.sqrt(probs[:, :-1] * iou), probs[:, -1:]], dim=1)
 
 
 def _smooth_l1(pred: Tensor, target: Tensor, beta: float, num_samples: int) -> Tensor:
@@ -120,7 +130,9 @@ class VotingROIHeads(ROIHeads):
                 truth box to be foreground: one for every later level, or a
                 sequence of one per later level (rising, as Cascade R-CNN's).
             loss_weights: per-level loss weights, keys cls, centre, size, heatmap,
-                border, box_giou (0 leaves that term out).
+                border, box_giou, iou (0 leaves that term out; iou > 0 needs
+                levels built with ``iou_branch``, whose predicted IoU then
+                enters the score at inference, :func:`iou_aware_probabilities`).
             smooth_l1_beta: of every smooth-L1 term.
             heatmap_sigma: (x, y) std in cells of the heatmap target.
             test_score_thresh, test_nms_thresh, test_detections_per_img: as
@@ -147,7 +159,7 @@ class VotingROIHeads(ROIHeads):
         self.proposal_matchers = [None] + [
             Matcher([float(iou)], [0, 1], allow_low_quality_matches=False) for iou in rematch_iou
         ]
-        self.loss_weights = {"border": 1.0, "box_giou": 0.0, **loss_weights}
+        self.loss_weights = {"border": 1.0, "box_giou": 0.0, "iou": 0.0, **loss_weights}
         self.smooth_l1_beta = smooth_l1_beta
         self.heatmap_sigma = tuple(heatmap_sigma)
         self.test_score_thresh = test_score_thresh
@@ -196,6 +208,7 @@ class VotingROIHeads(ROIHeads):
                     fc_dims=v.FC_DIMS,
                     border_axes=tuple(v.BORDER_AXES),
                     border_readout_window=v.BORDER_READOUT_WINDOW,
+                    iou_branch=v.LOSS_WEIGHT_IOU > 0,
                 )
             )
         context_head = None
@@ -218,6 +231,7 @@ class VotingROIHeads(ROIHeads):
                 "heatmap": v.LOSS_WEIGHT_HEATMAP,
                 "border": v.LOSS_WEIGHT_BORDER,
                 "box_giou": v.LOSS_WEIGHT_BOX_GIOU,
+                "iou": v.LOSS_WEIGHT_IOU,
             },
             smooth_l1_beta=v.SMOOTH_L1_BETA,
             heatmap_sigma=tuple(v.HEATMAP_SIGMA),
@@ -347,8 +361,21 @@ class VotingROIHeads(ROIHeads):
             # generalized-IoU loss of the level's own box, summed over the
             # foreground and divided by all sampled proposals, as the box terms
             losses["box_giou"] = giou_loss(out.pred_boxes[fg], gt_boxes[fg], reduction="sum") / max(num, 1)
+        if out.iou_logits is not None:
+            losses["iou"] = self._iou_loss(out, fg, gt_boxes[fg])
         self._log_level(level, out, gt_classes, fg)
         return {f"loss_local_{k}_{level.name}": v * w[k] for k, v in losses.items()}
+
+    @staticmethod
+    def _iou_loss(out: LevelOutput, fg: Tensor, gt_boxes: Tensor) -> Tensor:
+        """IoU branch: binary cross-entropy of the predicted IoU (a logit)
+        against the IoU of the level's own box (detached: the target does not
+        move the box) with its true box, mean over the foreground (0 without)."""
+        logits = out.iou_logits[fg]
+        if not len(logits):
+            return out.iou_logits.sum() * 0.0
+        target = matched_pairwise_iou(Boxes(out.pred_boxes[fg].detach()), Boxes(gt_boxes))
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="mean")
 
     def _border_loss(self, out: LevelOutput, fg: Tensor, gt_boxes: Tensor, level: VotingLevel) -> Tensor:
         """Border heatmap loss: each voting axis' two border probabilities
@@ -446,6 +473,8 @@ class VotingROIHeads(ROIHeads):
             boxes, probs = last.pred_boxes, self.local_probabilities(outputs)
         else:
             boxes, probs = self.fuse(outputs, glob)
+        if last.iou_logits is not None:
+            probs = iou_aware_probabilities(probs, last.iou_logits)
         num_per_image = [len(p) for p in proposals]
         instances, kept = fast_rcnn_inference(
             boxes.split(num_per_image),

@@ -126,6 +126,9 @@ class LevelOutput:
     # an axis that does not vote).
     borders: Optional[Dict[str, Dict[str, Tensor]]] = None
     border_positions: Optional[Tensor] = None
+    # With the IoU branch (MODEL.VOTING.LOSS_WEIGHT_IOU > 0): (R,) logit of the
+    # predicted IoU of pred_boxes with the true box.
+    iou_logits: Optional[Tensor] = None
 
     def select(self, index: Tensor) -> "LevelOutput":
         """The rows ``index`` of every field."""
@@ -165,6 +168,7 @@ class VotingLevel(nn.Module):
         fc_dims: Sequence[int],
         border_axes: Sequence[str] = (),
         border_readout_window: int = 0,
+        iou_branch: bool = False,
     ):
         super().__init__()
         self.name = name
@@ -192,9 +196,12 @@ class VotingLevel(nn.Module):
         self.register_buffer("explain_reference", None, persistent=False)
         self.cls_score = nn.Linear(dim, num_classes + 1)
         self.size_pred = nn.Linear(dim, 2)
-        for layer in (self.cls_score, self.size_pred):
-            nn.init.normal_(layer.weight, std=0.01)
-            nn.init.zeros_(layer.bias)
+        # IoU-aware scoring: the predicted IoU of this level's box (a logit)
+        self.iou_pred = nn.Linear(dim, 1) if iou_branch else None
+        for layer in (self.cls_score, self.size_pred, self.iou_pred):
+            if layer is not None:
+                nn.init.normal_(layer.weight, std=0.01)
+                nn.init.zeros_(layer.bias)
         # border votes (docs/method.md section 2b): the size along these axes
         # comes from the borders the primitives vote for, not from size_pred
         self.borders = None
@@ -255,6 +262,7 @@ class VotingLevel(nn.Module):
             pred_boxes=torch.cat([centres - sizes / 2, centres + sizes / 2], dim=1),
             borders=borders,
             border_positions=border_positions,
+            iou_logits=self.iou_pred(hidden)[:, 0] if self.iou_pred is not None else None,
             **voted,
         )
 
