@@ -18,11 +18,18 @@ ROWS = ("proposed_bv", "fpn_R18", "fpn_R50", "proposed", "lcf", "ls")
 
 def row_figures(method: str, split: str = "test", k: int = 10):
     """(images, recall at k in %, AUC, AUC over the found only) of a row's three
-    folds pooled, from the evaluator's own per-image slots (``metrics.analyse``:
-    a ground truth's matched top-k score, minus infinity when none hits)."""
+    folds pooled (:func:`folder_figures`)."""
+    return folder_figures([f"{ROOT}/{method}/fold{fold}/eval/inference/nt_real_fold{fold}_{split}" for fold in (0, 1, 2)], k)
+
+
+def folder_figures(folders, k: int = 10):
+    """(images, recall at k in %, AUC, AUC over the found only) of the
+    evaluations in ``folders`` pooled, from the evaluator's own per-image slots
+    (``metrics.analyse``: a ground truth's matched top-k score, minus infinity
+    when none hits)."""
     records = []
-    for fold in (0, 1, 2):
-        records += load_records(f"{ROOT}/{method}/fold{fold}/eval/inference/nt_real_fold{fold}_{split}/nt_detections.json")[2]
+    for folder in folders:
+        records += load_records(f"{folder}/nt_detections.json")[2]
     stats = analyse(records, top_n=k)
     pos, neg = stats.pos_flat, stats.neg_flat
     found = np.isfinite(pos)

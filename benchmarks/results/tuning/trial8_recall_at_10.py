@@ -1,14 +1,15 @@
 """Trial 8, reported beside its rule: recall at 10 (a top-10 box with IoU >= 0.5)
-of the control and the GIoU arm, each seed's folds 1+2 validation pooled, from
-the evaluator's own per-image slots (as benchmarks/recall_at_k.py does for
-Table 1).
+and the AUC of the control and the GIoU arm, each seed's folds 1+2 validation
+pooled, by benchmarks/recall_at_k.py's own computation.
 
     .venv/bin/python benchmarks/results/tuning/trial8_recall_at_10.py > benchmarks/results/tuning/trial8_recall_at_10.md
 """
-import numpy as np
+import os
+import sys
 
-from voting_det.evaluation.evaluator import load_records
-from voting_det.evaluation.metrics import analyse, mann_whitney_auc
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+
+from benchmarks.recall_at_k import folder_figures  # noqa: E402
 
 R = "benchmarks/results"
 ARMS = {
@@ -21,9 +22,5 @@ ARMS = {
 print("| arm | seed | images | recall at 10 (%) | AUC |")
 print("|---|---|---|---|---|")
 for (arm, seed), folders in ARMS.items():
-    records = []
-    for folder in folders:
-        records += load_records(f"{folder}/nt_detections.json.gz")[2]
-    stats = analyse(records, top_n=10)
-    pos, neg = stats.pos_flat, stats.neg_flat
-    print(f"| {arm} | {seed} | {len(records)} | {100 * np.isfinite(pos).mean():.1f} | {100 * mann_whitney_auc(pos, neg):.1f} |")
+    n, recall, auc, _ = folder_figures(folders, k=10)
+    print(f"| {arm} | {seed} | {n} | {recall:.1f} | {auc:.1f} |")
